@@ -75,6 +75,9 @@ def read_checkpoint(path: Union[str, os.PathLike], trust: bool = False) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - classified below
         msg = str(e)
+        # torch mentions weights_only in every such failure, also for bytes that are no pickle at all
+        if "Unsupported operand" in msg or "invalid load key" in msg:
+            raise WeightsError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle); check the path") from None
         unsafe = "weights_only" in msg or "Unsupported global" in msg or "WeightsUnpickler" in msg
         if unsafe and trust:
             try:
@@ -84,7 +87,7 @@ def read_checkpoint(path: Union[str, os.PathLike], trust: bool = False) -> Any:
         if unsafe:
             raise WeightsError(
                 f"checkpoint {path} contains pickled Python objects besides tensors; if you trust its source, "
-                "load it with trust_checkpoint=true"
+                "load it with trust_checkpoint=true (Python: trust=True)"
             ) from None
         first = msg.splitlines()[0] if msg else type(e).__name__
         raise WeightsError(f"checkpoint {path} is corrupt or truncated ({first}); use an older checkpoint") from None
@@ -138,7 +141,8 @@ def _cause(missing: list[str], unexpected: list[str], shape_errors: list[str]) -
     """A guess at why a state dict does not fit."""
     if shape_errors and all(_HEAD_RE.match(k.split(" ")[0]) for k in shape_errors):
         return "the classifier has another number of classes (set num_classes, or load with strict=False to skip the head)"
-    attn = re.compile(r"(^|\.)attn\.")
+    # ours (`.attn.`) and the SimAM code's wrapped attention (`bn2.1.fc.0.weight`, MobileNetV2's appended module)
+    attn = re.compile(r"(^|\.)attn\.|\.(conv\d|bn\d)\.1\.|^features\.\d+\.conv\.\d+\.(fc|ChannelGate|SpatialGate)\.")
     if (missing or unexpected) and all(attn.search(k) for k in missing + unexpected):
         if unexpected and not missing:
             return "the checkpoint has attention modules the model lacks: other attention type?"
