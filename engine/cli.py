@@ -221,7 +221,7 @@ def _run_stamp() -> str:
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
     if "LOCAL_RANK" in os.environ:
         if run_id not in ("", "none"):
-            return run_id
+            return run_id[:8]
         try:  # all local ranks share the torchrun agent as parent: use its start time
             ticks = int(Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
             btime = next(int(l.split()[1]) for l in Path("/proc/stat").read_text().splitlines() if l.startswith("btime"))

@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-__all__ = ["DistInfo", "all_reduce_sum", "barrier", "broadcast_object", "cleanup", "find_free_port", "init_distributed", "spawn"]
+__all__ = ["CPUSyncBatchNorm", "DistInfo", "convert_sync_batchnorm", "all_reduce_sum", "barrier", "broadcast_object", "cleanup", "find_free_port", "init_distributed", "spawn"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,84 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward is again a sum over ranks (gradients of global statistics)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group = group
+        t = t.clone()
+        dist.all_reduce(t, group=group)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class CPUSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm over the global batch of all ranks, for CPU (gloo) process groups.
+
+    torch's `nn.SyncBatchNorm` only runs on GPUs (DDP refuses it on CPU). Here the per-channel
+    sum, sum of squares and count are summed over ranks in forward, and their gradients in
+    backward, exactly as SyncBatchNorm does; statistics are accumulated in float64. The
+    reductions use a process group of their own: on the default group they would interleave
+    with DDP's asynchronous gradient buckets. With one process it is BN with float64 statistics,
+    so that 1- and N-process runs do the same arithmetic.
+    """
+
+    group: Any = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        c = x.shape[1]
+        xd = x.double()
+        count = torch.full((1,), float(x.numel() // c), dtype=torch.float64, device=x.device)
+        stats = torch.cat([xd.sum(dim=(0, 2, 3)), (xd * xd).sum(dim=(0, 2, 3)), count])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            stats = _AllReduceSum.apply(stats, self.group)
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean.dtype), alpha=m)
+                unbiased = var * n / (n - 1).clamp_min(1)
+                self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
+        y = (xd - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight.double()[None, :, None, None] + self.bias.double()[None, :, None, None]
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """BN layers -> nn.SyncBatchNorm on GPUs, CPUSyncBatchNorm on CPU (weights and stats kept).
+
+    Every rank must call this at the same point (it creates a process group on CPU).
+    """
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    group = dist.new_group(backend="gloo") if dist.is_available() and dist.is_initialized() else None
+    return _to_cpu_sync(model, group)
+
+
+def _to_cpu_sync(module: nn.Module, group: Any) -> nn.Module:
+    out = module
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, CPUSyncBatchNorm):
+        out = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        out.load_state_dict(module.state_dict())
+        out.train(module.training)
+        out.group = group
+    for name, child in module.named_children():
+        out.add_module(name, _to_cpu_sync(child, group))
+    return out
 
 
 def find_free_port() -> int:

@@ -25,7 +25,7 @@ from networks.weights import WeightsError
 
 from . import data as data_lib
 from .checkpoint import capture_rng, load_checkpoint, prune_checkpoints, restore_rng, save_atomic
-from .distributed import DistInfo, barrier, cleanup, init_distributed, spawn
+from .distributed import DistInfo, barrier, cleanup, convert_sync_batchnorm, init_distributed, spawn
 from .errors import UserError
 from .logger import RunLogger, get_logger
 from .loops import NonFiniteLossError, evaluate, train_one_epoch
@@ -84,6 +84,14 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
             cfg.model.arch, num_classes=num_classes, attention=cfg.attention.name,
             attention_kwargs=_attention_kwargs(cfg.attention), **kwargs,
         )
+    except ValueError as e:
+        raise UserError(str(e).splitlines()[0]) from None
+
+
+def _check_model_names(cfg: DictConfig) -> None:
+    try:
+        networks.model_info(cfg.model.arch)
+        networks.attention.get_attn_layer(cfg.attention.name, **_attention_kwargs(cfg.attention))
     except ValueError as e:
         raise UserError(str(e).splitlines()[0]) from None
 
@@ -196,6 +204,7 @@ def _train_or_evaluate(cfg: DictConfig, info: DistInfo) -> dict:
     amp_dtype = _choice(_AMP, str(t.amp), "trainer.amp")
     channels_last = bool(t.channels_last)
 
+    _check_model_names(cfg)  # before the (possibly slow) data set is opened
     train_loader, val_loader, num_classes, num_train = _build_data(cfg, info)
     model = build_model(cfg, num_classes)
     if info.is_main:
@@ -213,8 +222,8 @@ def _train_or_evaluate(cfg: DictConfig, info: DistInfo) -> dict:
         return _evaluate_only(cfg, info, model, val_loader, criterion_eval, resume_path, amp_dtype, channels_last, logger)
 
     model_without_ddp = model
-    if t.sync_bn and info.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if t.sync_bn:  # also with one process: the same BN arithmetic as N processes
+        model = convert_sync_batchnorm(model, info.device)
         model_without_ddp = model
     train_model: nn.Module = model
     if t.compile:
@@ -317,6 +326,9 @@ def _train_or_evaluate(cfg: DictConfig, info: DistInfo) -> dict:
                     shutil.copyfile(run_dir / "checkpoints" / "last.pth", run_dir / "checkpoints" / f"epoch_{epoch + 1:04d}.pth")
                     prune_checkpoints(run_dir / "checkpoints", int(t.keep_last))
             barrier()
+            if t.get("stop_after_epochs") and epoch + 1 - start_epoch >= int(t.stop_after_epochs) and epoch + 1 < epochs:
+                logger.info(f"trainer.stop_after_epochs={t.stop_after_epochs}: stopping after epoch {epoch + 1}; resume with resume={run_dir / 'checkpoints' / 'last.pth'}")
+                break
     finally:
         stop.restore()
     summary = {"best_acc1": best_acc1, "best_epoch": best_epoch, "final": record, "run_dir": str(run_dir)}
