@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -26,7 +27,7 @@ from networks.weights import WeightsError
 from . import data as data_lib
 from .checkpoint import capture_rng, load_checkpoint, prune_checkpoints, restore_rng, save_atomic
 from .distributed import DistInfo, barrier, cleanup, convert_sync_batchnorm, init_distributed, spawn
-from .errors import UserError
+from .errors import EXIT_USER_ERROR, UserError
 from .logger import RunLogger, get_logger
 from .loops import NonFiniteLossError, evaluate, train_one_epoch
 
@@ -55,12 +56,27 @@ def run(cfg: DictConfig) -> dict:
         return train_or_evaluate(plain)
     if cfg.trainer.accelerator != "cpu" and torch.cuda.is_available() and devices > torch.cuda.device_count():
         raise UserError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPUs")
-    spawn(_worker, devices, args=(plain,))
-    return json.loads((Path(plain["run_dir"]) / "summary.json").read_text()) if (Path(plain["run_dir"]) / "summary.json").exists() else {}
+    for key in ("batch_size", "eval_batch_size"):  # checked here too: one message, not one per process
+        if int(cfg.data[key]) % devices:
+            raise UserError(f"data.{key}={cfg.data[key]} is not divisible by the {devices} processes: use a multiple of {devices}")
+    import torch.multiprocessing as mp
+
+    try:
+        spawn(_worker, devices, args=(plain,))
+    except mp.ProcessExitedException as e:  # the worker has printed its reason
+        raise SystemExit(e.exit_code) from None
+    summary = Path(plain["run_dir"]) / "summary.json"
+    return json.loads(summary.read_text()) if summary.exists() else {}
 
 
 def _worker(plain: dict) -> None:
-    train_or_evaluate(plain)
+    """A process started by `trainer.devices=N`: user errors become one line (rank 0) and exit code 2."""
+    try:
+        train_or_evaluate(plain)
+    except UserError as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
 
 
 # ---------------------------------------------------------------------------------------- builders
@@ -129,12 +145,11 @@ def _build_data(cfg: DictConfig, info: DistInfo) -> tuple[Any, Any, int, int]:
         )
     except ValueError as e:
         raise UserError(str(e).splitlines()[0]) from None
-    per_proc = int(d.batch_size) // info.world_size
     common = dict(workers=int(d.workers), rank=info.rank, world_size=info.world_size, seed=int(cfg.seed), pin_memory=info.device.type == "cuda")
-    train_loader = data_lib.build_loader(train_set, batch_size=per_proc, train=True, **common)
     val_loader = data_lib.build_loader(val_set, batch_size=int(d.eval_batch_size) // info.world_size, train=False, **common)
-    if len(train_loader) == 0:
-        raise UserError(f"data.batch_size={d.batch_size} is larger than the {len(train_set)} training images: lower it")
+    if cfg.evaluate:  # no training loader: its batch size need not fit the training set
+        return None, val_loader, num_classes, len(train_set)
+    train_loader = data_lib.build_loader(train_set, batch_size=int(d.batch_size) // info.world_size, train=True, **common)
     return train_loader, val_loader, num_classes, len(train_set)
 
 

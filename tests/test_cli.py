@@ -1,0 +1,132 @@
+"""The command line: original SimAM flags, their translation, and one-line user errors."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from clihelpers import FAKE, ROOT, assert_user_error, check_ok, metrics, run_cli, write_jpeg_folder
+from engine.cli import translate_argv
+from engine.errors import UserError
+
+RECIPES = Path(os.environ.get("SIMAM_PAPER_DIR", ROOT.parent / "shared" / "paper")) / "recipes.md"
+
+
+def _recipe_commands() -> list[str]:
+    if not RECIPES.is_file():
+        pytest.skip(f"{RECIPES} not found (set SIMAM_PAPER_DIR)")
+    return re.findall(r"Original command: `python (main_\w+\.py [^`]+)`", RECIPES.read_text())
+
+
+def test_imagenet_translation():
+    hydra, translated, _ = translate_argv(
+        "/data/imagenet --gpu 0,1,2,3 --epochs 150 -j 20 -a mobilenet_v2 --attention_type simam "
+        "--attention_param 0.1 --lr .05 --cos_lr --wd 4e-5".split(), "imagenet")
+    assert hydra == []
+    for o in ("data=imagenet", "data.root=/data/imagenet", "trainer.epochs=150", "data.workers=20", "model.arch=mobilenet_v2",
+              "attention=simam", "attention.e_lambda=0.1", "optim.lr=.05", "sched=cosine", "optim.weight_decay=4e-5"):
+        assert o in translated, (o, translated)
+    # no GPU here: one CPU process, with a warning
+    assert "trainer.accelerator=cpu" in translated and "trainer.devices=1" in translated
+
+
+def test_cifar_translation_and_passthrough():
+    hydra, translated, _ = translate_argv(
+        "--dataset cifar100 --arch resnet20 --block_type bottlenect --attention_type se --attention_param 4 --seed 0 "
+        "--gpu_ids 0 --batch_size 64 --num_epoch 3 --base_lr 0.05 --weight_decay 1e-4 --workers 1 --warmup "
+        "trainer.amp=bf16 -m".split(), "cifar")
+    assert hydra == ["trainer.amp=bf16", "-m"]
+    for o in ("data=cifar100", "model.arch=cifar_resnet20", "model.block=bottleneck", "attention=se", "attention.reduction=4",
+              "seed=0", "data.batch_size=64", "trainer.epochs=3", "optim.lr=0.05", "optim.weight_decay=1e-4",
+              "data.workers=1", "sched.warmup_epochs=1"):
+        assert o in translated, (o, translated)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--pretrained"], "unknown flag --pretrained"),
+    (["--attention_type", "eca", "--attention_param", "3"], "no meaning for attention type 'eca'"),
+    (["--gpu", "x,y"], "expected GPU ids"),
+    (["--lr"], "needs a value"),
+])
+def test_bad_original_flags(argv, needle):
+    with pytest.raises(UserError, match=re.escape(needle)):
+        translate_argv(argv, "imagenet")
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["model.arch=resnet5"], ["unknown architecture 'resnet5'", "resnet50"]),
+    (["attention=simAMM"], ["unknown attention 'simAMM'", "simam"]),
+    (["experiment=nope"], ["unknown experiment 'nope'", "alexnet_cifar10"]),
+    (["data=imagnet"], ["unknown data 'imagnet'", "imagenet"]),
+    (["optim.lrr=0.1"], ["optim.lrr"]),
+    (["attention=se", "attention.e_lambda=0.1"], ["e_lambda"]),
+    (["--optim", "adam"], ["unknown flag --optim", "--base_lr"]),
+    (["data.batch_size=33", "trainer.devices=2"], ["not divisible", "2 processes"]),
+    (["-e"], ["needs a checkpoint"]),
+    (["resume=/nonexistent/last.pth"], ["/nonexistent/last.pth"]),
+    (["data=imagefolder", "data.root=/nonexistent/folder"], ["/nonexistent/folder"]),
+    (["data=cifar10", "data.root=/nonexistent/cifar", "data.download=false"], ["/nonexistent/cifar"]),
+])
+def test_user_errors_are_one_line(args, needles):
+    extra = [] if any(a.startswith("data=") for a in args) else FAKE
+    assert_user_error(run_cli(extra + args, timeout=300), *needles)
+
+
+def test_debug_shows_traceback():
+    proc = run_cli(FAKE + ["model.arch=resnet5", "--debug"], timeout=300)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_corrupt_checkpoint_is_refused_and_kept(tmp_path):
+    bad = tmp_path / "last.pth"
+    bad.write_bytes(b"PK\x03\x04 truncated zip")
+    assert_user_error(run_cli(FAKE + ["-e", "--resume", bad], timeout=300), str(bad))
+    assert bad.read_bytes() == b"PK\x03\x04 truncated zip"
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory):
+    return write_jpeg_folder(tmp_path_factory.mktemp("imagefolder"))
+
+
+@pytest.mark.slow
+def test_original_imagenet_commands_run(jpeg_folder, tmp_path):
+    """The commands of shared/paper/recipes.md as typed, on a small JPEG folder (shrunk by appended flags)."""
+    commands = [c for c in _recipe_commands() if c.startswith("main_imagenet.py")]
+    assert len(commands) == 3
+    train = [c for c in commands if " -e " not in c]
+    evaluate = [c for c in commands if " -e " in c]
+    shrink = ["--epochs", "1", "-b", "6", "-j", "0", "data.image_size=64", "data.eval_batch_size=6"]
+    ckpt = None
+    for i, cmd in enumerate(train):
+        run_dir = tmp_path / f"train{i}"
+        argv = cmd.replace("{imagenet}", str(jpeg_folder)).split()[1:] + shrink + [f"hydra.run.dir={run_dir}"]
+        proc = check_ok(run_cli(argv, script="main_imagenet.py"))
+        assert "original flags translated to:" in proc.stderr and "no CUDA GPU" in proc.stderr
+        (row,) = metrics(run_dir)
+        assert row["num_val"] == 6
+        if "resnet18" in cmd:
+            ckpt = run_dir / "checkpoints" / "best.pth"
+    for cmd in evaluate:  # `-a resnet18 -e --resume {checkpoint.pth}`
+        argv = cmd.replace("{imagenet}", str(jpeg_folder)).replace("{checkpoint.pth}", str(ckpt)).split()[1:]
+        argv += ["-j", "0", "data.image_size=64", "data.eval_batch_size=6", "attention=simam"]
+        check_ok(run_cli(argv, script="main_imagenet.py"))
+        import json
+
+        result = json.loads((ckpt.parent.parent / "eval.json").read_text())
+        assert result["num_samples"] == 6
+        assert result["acc1"] == metrics(ckpt.parent.parent)[0]["val_acc1"]
+
+
+@pytest.mark.slow
+def test_original_cifar_command_runs(jpeg_folder, tmp_path):
+    (cmd,) = [c for c in _recipe_commands() if c.startswith("main_cifar.py")]
+    argv = cmd.split()[1:] + ["--num_epoch", "1", "--batch_size", "6", "--workers", "0",
+                              "data=imagefolder", f"data.root={jpeg_folder}", "data.augment=cifar", "data.image_size=32",
+                              "data.eval_batch_size=6", f"hydra.run.dir={tmp_path / 'cifar'}"]
+    proc = check_ok(run_cli(argv))
+    assert "model.arch=cifar_resnet20" in proc.stderr and "attention.e_lambda=0.0001" in proc.stderr
+    (row,) = metrics(tmp_path / "cifar")
+    assert row["num_val"] == 6
