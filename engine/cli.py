@@ -245,7 +245,10 @@ def _prevalidate(config_name: str, overrides: list[str]) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import MissingConfigException
 
+    run_dir = _override_value(overrides, "hydra.run.dir")
     overrides = [o for o in overrides if not o.startswith("hydra")]
+    if run_dir:
+        _check_creatable(Path(run_dir))
     try:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
@@ -263,6 +266,15 @@ def _prevalidate(config_name: str, overrides: list[str]) -> None:
         raise UserError(f"invalid override: {msg}") from None
     finally:
         GlobalHydra.instance().clear()
+
+
+def _check_creatable(path: Path) -> None:
+    """The run directory exists as a writable folder or can be created (before Hydra tries)."""
+    p = path.expanduser().absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK):
+        raise UserError(f"cannot create the run directory {path}: {p} is not a writable folder (set hydra.run.dir)")
 
 
 def main(config_name: str, entry: str, argv: Optional[Sequence[str]] = None) -> None:

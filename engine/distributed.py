@@ -182,7 +182,31 @@ def _spawn_entry(local_rank: int, world_size: int, port: int, fn: Callable, args
 
 
 def spawn(fn: Callable, nprocs: int, args: tuple = ()) -> None:
-    """Run `fn(*args)` in `nprocs` processes forming one process group on this node."""
+    """Run `fn(*args)` in `nprocs` processes forming one process group on this node.
+
+    SIGTERM and SIGUSR1 sent to this (parent) process are forwarded to the workers, which save
+    and stop; SIGINT (Ctrl-C) reaches them from the terminal directly, so the parent ignores it.
+    If a worker dies, the others are terminated (torch.multiprocessing) and
+    `ProcessExitedException` is raised.
+    """
+    import signal
+
     import torch.multiprocessing as mp
 
-    mp.spawn(_spawn_entry, args=(nprocs, find_free_port(), fn, args), nprocs=nprocs, join=True)
+    context = mp.spawn(_spawn_entry, args=(nprocs, find_free_port(), fn, args), nprocs=nprocs, join=False)
+
+    def forward(signum: int, frame: Any) -> None:
+        for p in context.processes:
+            if p.is_alive():
+                os.kill(p.pid, signum)
+
+    handlers = {signal.SIGTERM: forward, signal.SIGINT: signal.SIG_IGN}
+    if hasattr(signal, "SIGUSR1"):
+        handlers[signal.SIGUSR1] = forward
+    old = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
+    try:
+        while not context.join():
+            pass
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)

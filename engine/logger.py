@@ -56,8 +56,9 @@ class RunLogger:
             self.log.info(msg)
 
     # ------------------------------------------------------------------ progress within an epoch
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+    def start_epoch(self, epoch: int, epochs: int, steps: int, first: int = 0) -> None:
         self._epoch, self._epochs, self._steps, self._t0 = epoch, epochs, steps, time.perf_counter()
+        self._first = first
         if self.progress == "bar":
             from tqdm import tqdm
 
@@ -75,7 +76,8 @@ class RunLogger:
             self._bar.refresh()
         elif self.progress == "lines":
             elapsed = time.perf_counter() - self._t0
-            eta = elapsed / max(info["step"], 1) * (self._steps - info["step"])
+            done = info["step"] - self._first
+            eta = elapsed / max(done, 1) * (self._steps - info["step"])
             self.log.info(
                 f"epoch {self._epoch + 1}/{self._epochs} step {info['step']}/{self._steps} loss {info['loss']:.4f} "
                 f"lr {info['lr']:.4g} {info['images_per_s']:.0f} img/s eta {_fmt_time(eta)}"

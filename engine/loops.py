@@ -67,9 +67,11 @@ def train_one_epoch(
     skip_nonfinite: bool = False,
     max_steps: Optional[int] = None,
     should_stop: Optional[Callable[[], bool]] = None,
+    first_batch: int = 0,
 ) -> dict[str, Any]:
     """One pass over `loader`; the scheduler is stepped after every update (`step_update`).
 
+    `first_batch` only numbers the progress reports (an epoch resumed in its middle).
     Returns loss/acc1 (percent) averaged over all ranks' samples, images, steps, throughput
     (training images/s over all ranks), the new global_step, skipped steps, and `interrupted`
     when `should_stop()` ended the epoch early (after completing a step).
@@ -119,7 +121,7 @@ def train_one_epoch(
         if at_log and on_log is not None:
             elapsed = time.perf_counter() - t0
             on_log({
-                "step": steps, "global_step": global_step, "loss": loss.item(),
+                "step": first_batch + steps, "global_step": global_step, "loss": loss.item(),
                 "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen.item() / max(elapsed, 1e-9),
             })
         if max_steps is not None and steps >= max_steps:

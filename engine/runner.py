@@ -63,8 +63,14 @@ def run(cfg: DictConfig) -> dict:
 
     try:
         spawn(_worker, devices, args=(plain,))
-    except mp.ProcessExitedException as e:  # the worker has printed its reason
-        raise SystemExit(e.exit_code) from None
+    except mp.ProcessExitedException as e:
+        if e.exit_code in (EXIT_USER_ERROR, EXIT_PREEMPTED):  # the worker has said why
+            raise SystemExit(e.exit_code) from None
+        how = f"signal {e.signal_name}" if getattr(e, "signal_name", None) else f"exit code {e.exit_code}"
+        last = Path(plain["run_dir"]) / "checkpoints" / "last.pth"
+        print(f"error: training process {e.error_index} died ({how}); the others were stopped; "
+              f"{'resume with resume=' + str(last) if last.exists() else 'no checkpoint was written yet'}", file=sys.stderr)
+        raise SystemExit(1) from None
     summary = Path(plain["run_dir"]) / "summary.json"
     return json.loads(summary.read_text()) if summary.exists() else {}
 
@@ -155,11 +161,19 @@ def _build_data(cfg: DictConfig, info: DistInfo) -> tuple[Any, Any, int, int]:
 
 # ---------------------------------------------------------------------------------------- signals
 class _StopFlag:
-    """Set by SIGTERM / SIGUSR1 / SIGINT: finish the step, save last.pth, exit EXIT_PREEMPTED."""
+    """Set by SIGTERM / SIGUSR1 / SIGINT: finish the step, save last.pth, exit EXIT_PREEMPTED.
 
-    def __init__(self) -> None:
+    With several processes the ranks must stop after the same step, or the next collective
+    hangs: the flag is then agreed on (all-reduce MAX) every `every` steps, at the same steps on
+    every rank; a single process checks it after every step.
+    """
+
+    def __init__(self, info: Optional[DistInfo] = None, every: int = 1) -> None:
         self.signum: Optional[int] = None
         self._old: dict[int, Any] = {}
+        self._info = info
+        self._every = max(int(every), 1)
+        self._calls = 0
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)):
@@ -175,7 +189,14 @@ class _StopFlag:
         self.signum = signum
 
     def __call__(self) -> bool:
-        return self.signum is not None
+        if self._info is None or not self._info.distributed:
+            return self.signum is not None
+        self._calls += 1
+        if self._calls % self._every:
+            return False
+        flag = torch.tensor([float(self.signum is not None)], device=self._info.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
     def restore(self) -> None:
         for sig, old in self._old.items():
@@ -281,7 +302,7 @@ def _train_or_evaluate(cfg: DictConfig, info: DistInfo) -> dict:
             _load_model(model_without_ddp, state)
             logger.info(f"initialised from {resume_path} (weights only: not a checkpoint of this project)")
 
-    stop = _StopFlag()
+    stop = _StopFlag(info, every=int(t.log_every))
     stop.install()
     epochs = int(t.epochs)
     record: dict[str, Any] = {}
@@ -289,8 +310,8 @@ def _train_or_evaluate(cfg: DictConfig, info: DistInfo) -> dict:
         for epoch in range(start_epoch, epochs):
             data_lib.set_epoch(train_loader, epoch)
             train_loader.sampler.set_start_batch(start_batch if epoch == start_epoch else 0)
-            logger.start_epoch(epoch, epochs, steps_per_epoch)
             batch0 = start_batch if epoch == start_epoch else 0
+            logger.start_epoch(epoch, epochs, steps_per_epoch, first=batch0)
             t0 = time.perf_counter()
             try:
                 stats = train_one_epoch(
@@ -298,7 +319,7 @@ def _train_or_evaluate(cfg: DictConfig, info: DistInfo) -> dict:
                     global_step=global_step, scaler=scaler, amp_dtype=amp_dtype, channels_last=channels_last,
                     mixup_fn=mixup_fn, ema_update=(lambda step: ema.update(model_without_ddp, step=step)) if ema else None,
                     log_every=int(t.log_every), on_log=logger.step, skip_nonfinite=bool(t.skip_nonfinite),
-                    max_steps=(steps_per_epoch - batch0) if t.get("max_steps_per_epoch") else None, should_stop=stop,
+                    max_steps=(steps_per_epoch - batch0) if t.get("max_steps_per_epoch") else None, should_stop=stop, first_batch=batch0,
                 )
             except NonFiniteLossError as e:
                 last = run_dir / "checkpoints" / "last.pth"
@@ -306,6 +327,9 @@ def _train_or_evaluate(cfg: DictConfig, info: DistInfo) -> dict:
                 raise UserError(f"{e}; lower optim.lr or use trainer.skip_nonfinite=true; {hint}") from None
             logger.end_epoch()
             global_step = stats["global_step"]
+            bad = getattr(train_loader.dataset, "num_skipped", 0)
+            if bad:
+                logger.info(f"skipped {bad} unreadable training images so far (data.bad_images=skip)")
             if stats["skipped"]:
                 logger.info(f"skipped {stats['skipped']} steps with a non-finite loss")
             if stats["interrupted"]:
@@ -313,7 +337,7 @@ def _train_or_evaluate(cfg: DictConfig, info: DistInfo) -> dict:
                 if info.is_main:
                     _save(run_dir, "last.pth", _state(cfg, model_without_ddp, optimizer, scheduler, scaler, ema, epoch, batch, global_step, best_acc1, best_epoch, record))
                 barrier()
-                logger.info(f"signal {stop.signum}: saved {run_dir / 'checkpoints' / 'last.pth'} at epoch {epoch} batch {batch}; exiting with code {EXIT_PREEMPTED}")
+                logger.info(f"signal {stop.signum or 'on another rank'}: saved {run_dir / 'checkpoints' / 'last.pth'} at epoch {epoch} batch {batch}; exiting with code {EXIT_PREEMPTED}")
                 logger.close()
                 raise SystemExit(EXIT_PREEMPTED)
             val = evaluate(train_model if not info.distributed else model_without_ddp, val_loader, criterion_eval,
