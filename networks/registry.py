@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
-from .attention import default_position, get_attn_layer
+from .attention import default_position, get_attn_layer, resolved_kwargs
 from .cifar.mobilenetv2 import CifarMobileNetV2
 from .cifar.resnet import BasicBlock as CifarBasic
 from .cifar.resnet import Bottleneck as CifarBottleneck
@@ -75,11 +75,18 @@ def create_model(
     model_kwargs.setdefault("attn_position", default_position(attention))
     try:
         model = fn(num_classes=int(num_classes), attn_layer=attn_layer, **model_kwargs)
-    except TypeError as e:  # an option this architecture does not have
-        raise ValueError(f"{name}: {e}") from None
-    # recorded in checkpoints, so that a SimAM checkpoint is not loaded into a plain network
-    # (their state dicts are identical: SimAM has no parameters)
-    model.model_spec = {"arch": name, "attention": str(attention or "none").lower(), "num_classes": int(num_classes)}
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise ValueError(f"{name}: {e}") from None  # an option this architecture does not have
+    # recorded in checkpoints, so that a SimAM checkpoint is not loaded into a plain network or
+    # one with another lambda (their state dicts are identical: SimAM has no parameters)
+    model.model_spec = {
+        "arch": name, "attention": str(attention or "none").lower(), "num_classes": int(num_classes),
+        "attention_kwargs": {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+                             for k, v in resolved_kwargs(attention, **dict(attention_kwargs or {})).items()
+                             if k != "impl"},  # how SimAM is computed, not what it computes
+    }
     return model
 
 

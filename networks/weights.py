@@ -200,7 +200,7 @@ def _check_spec(model: nn.Module, spec: Optional[Mapping[str, Any]]) -> None:
     mine = getattr(model, "model_spec", None)
     if not spec or not mine:
         return
-    for key in ("arch", "attention"):
+    for key in ("arch", "attention", "attention_kwargs"):
         if key in spec and key in mine and str(spec[key]) != str(mine[key]):
             raise WeightsError(
                 f"checkpoint was trained with {key}={spec[key]} but the model has {key}={mine[key]}: "

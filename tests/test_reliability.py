@@ -181,6 +181,7 @@ def small_run(tmp_path_factory):
     (["model.arch=cifar_resnet32", "attention=se"], "arch=cifar_resnet20"),
     (["attention=cbam"], "attention=se"),
     (["attention=se", "data.num_classes=7"], "number of classes"),
+    (["attention=se", "attention.reduction=4"], "reduction"),
 ])
 def test_checkpoint_of_another_model_is_refused(small_run, args, needle):
     assert_user_error(run_cli(FAKE + args + [f"resume={small_run}"], timeout=300), needle)

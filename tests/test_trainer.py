@@ -46,7 +46,7 @@ def test_checkpoint_is_complete(two_epoch_run):
         assert key in ckpt, key
     assert not any(k.startswith(("module.", "_orig_mod.")) or k.endswith("total_ops") for k in ckpt["model"])
     assert ckpt["epoch"] == 2 and ckpt["step"] == 8 and isinstance(ckpt["best_acc1"], float)
-    assert ckpt["model_spec"] == {"arch": "cifar_resnet20", "attention": "simam", "num_classes": 10}
+    assert ckpt["model_spec"] == {"arch": "cifar_resnet20", "attention": "simam", "num_classes": 10, "attention_kwargs": {"e_lambda": 1e-4}}
     assert ckpt["config"]["attention"]["e_lambda"] == pytest.approx(1e-4)
     assert {"python", "numpy", "torch"} <= set(ckpt["rng"])
     assert not list((two_epoch_run / "checkpoints").glob("*.tmp"))

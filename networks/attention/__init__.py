@@ -24,7 +24,7 @@ from .srm import SRM
 
 __all__ = [
     "CBAM", "ECA", "GCBlock", "SRM", "SimAM", "SqueezeExcite", "simam_reference",
-    "ATTENTION_POSITIONS", "create_attention", "get_attn_layer", "default_position", "list_attentions",
+    "ATTENTION_POSITIONS", "create_attention", "get_attn_layer", "default_position", "list_attentions", "resolved_kwargs",
 ]
 
 ATTENTION_POSITIONS = ("conv", "out")
@@ -73,10 +73,24 @@ def _check_kwargs(name: str, cls: type, kwargs: dict) -> None:
         raise ValueError(f"attention {name!r} has no option {', '.join(unknown)}; valid: {valid}")
 
 
+def resolved_kwargs(name: Optional[str], **kwargs) -> dict:
+    """The options of attention `name` with its defaults filled in (what the module really uses)."""
+    spec = _spec(name)
+    if spec.cls is None:
+        return {}
+    _check_kwargs(str(name), spec.cls, kwargs)
+    params = list(inspect.signature(spec.cls.__init__).parameters.values())[2:]
+    out = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    out.update(kwargs)
+    return out
+
+
 def get_attn_layer(name: Optional[str], **kwargs) -> Optional[Callable[[int], nn.Module]]:
     """A constructor `f(channels) -> module` for this attention type, or None for "none"."""
     spec = _spec(name)
     if spec.cls is None:
+        if kwargs:
+            raise ValueError(f"attention 'none' takes no options, got {', '.join(sorted(kwargs))}")
         return None
     _check_kwargs(str(name), spec.cls, kwargs)
     return functools.partial(spec.cls, **kwargs) if kwargs else spec.cls

@@ -1,0 +1,259 @@
+"""Parameters and MACs of the model zoo beside the published numbers of shared/paper/.
+
+    python scripts/model_table.py --dataset imagenet
+    python scripts/model_table.py --dataset cifar --archs cifar_resnet20,cifar_resnet56 --attentions none,simam,se,se_r4
+    python scripts/model_table.py --dataset imagenet --csv imagenet_table.csv --markdown
+
+One row per architecture x attention type: our parameter count, thop's MACs (what the SimAM paper
+published as FLOPs), the MACs including the attention modules' elementwise work, and the published
+params/FLOPs where shared/paper has them. An attention name may carry an SE/CBAM reduction as in
+params.csv's columns (`se_r4`, `cbam_r4`). Counting needs only tensor shapes, so the models are
+built and run on PyTorch's meta device by default (no initialisation, no arithmetic: the whole
+ImageNet table takes seconds; tests/test_params.py checks that the counts equal those of a CPU
+pass); `--device cpu` runs a real forward pass instead.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import inspect
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+import networks  # noqa: E402
+from networks.attention import get_attn_layer  # noqa: E402
+from networks.profile import profile_model  # noqa: E402
+
+# csv (dataset, arch) -> registry name, for the CIFAR names of params.csv / cifar.csv
+CIFAR_ARCHS = {
+    "resnet20": "cifar_resnet20",
+    "resnet56": "cifar_resnet56",
+    "resnet110": "cifar_resnet110",
+    "resnet164": "cifar_resnet164",
+    "preresnet56": "cifar_preresnet56",
+    "mobilenetv2": "cifar_mobilenetv2",
+    "wideresnet28x10": "cifar_wrn28_10",
+}
+COLUMNS = ["arch", "attention", "params_M", "paper_params_M", "d_params_M", "macs_thop_G", "paper_flops_G", "d_macs_G", "macs_G"]
+HEADERS = ["arch", "attention", "params (M)", "paper params (M)", "params diff", "thop MACs (G)", "paper FLOPs (G)", "MACs diff", "MACs incl. attention (G)"]
+
+
+class UsageError(Exception):
+    """A wrong name or option on the command line: reported in one line, exit code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse without the usage block on errors: one line on stderr, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    token: str  # as given on the command line, e.g. "se_r4"
+    name: str  # registry name, e.g. "se"
+    kwargs: dict
+    paper_column: str  # params.csv column, e.g. "se_r4"
+
+
+def parse_attention(token: str) -> AttentionSpec:
+    """'simam', 'se' (its default reduction) or 'se_r4' -> attention name, options, params.csv column."""
+    valid = networks.list_attentions()
+    name, kwargs = token, {}
+    match = re.fullmatch(r"([a-z]+)_r(\d+)", token)
+    if token not in valid and match and match.group(1) in valid:
+        name, kwargs = match.group(1), {"reduction": int(match.group(2))}
+    if name not in valid:
+        raise UsageError(f"unknown attention {token!r}; valid: {', '.join(valid)} (SE/CBAM also as se_r4, cbam_r16, ...)")
+    try:
+        layer = get_attn_layer(name, **kwargs)  # validates the options without building anything
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    column = name
+    if layer is not None and "reduction" in inspect.signature(getattr(layer, "func", layer)).parameters:
+        default = inspect.signature(getattr(layer, "func", layer)).parameters["reduction"].default
+        column = f"{name}_r{kwargs.get('reduction', default)}"
+    return AttentionSpec(token, name, kwargs, column)
+
+
+def parse_archs(text: Optional[str], dataset: str) -> list[str]:
+    """Registry names of `dataset`'s family; all of them when `text` is None."""
+    family = networks.list_models(dataset)
+    if text is None:
+        return family
+    archs = [a.strip() for a in text.split(",") if a.strip()]
+    for arch in archs:
+        if arch not in family:
+            where = f" ({networks.model_info(arch).family} family)" if arch in networks.list_models() else ""
+            raise UsageError(f"unknown {dataset} architecture {arch!r}{where}; valid: {', '.join(family)}")
+    return archs
+
+
+def find_shared() -> Optional[Path]:
+    """shared/ beside the repository, else $SIMAM_SHARED."""
+    for candidate in (REPO.parent / "shared", os.environ.get("SIMAM_SHARED")):
+        if candidate and (Path(candidate) / "paper").is_dir():
+            return Path(candidate)
+    return None
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a csv file, without '#' comment lines; [] if it does not exist."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+def registry_name(dataset: str, arch: str) -> str:
+    return CIFAR_ARCHS.get(arch, arch) if dataset.startswith("cifar") else arch
+
+
+def published(shared: Optional[Path]) -> tuple[dict, dict]:
+    """({(registry name, params.csv column): params_M string}, {(registry name, attention): flops_G string}).
+
+    params.csv (4 decimals) wins over imagenet.csv (2 decimals) and cifar.csv.
+    """
+    params: dict[tuple[str, str], str] = {}
+    flops: dict[tuple[str, str], str] = {}
+    if shared is None:
+        return params, flops
+    paper = shared / "paper"
+    for row in read_csv(paper / "cifar.csv"):
+        params.setdefault((registry_name(row["dataset"], row["arch"]), row["attention"]), row["params_M"])
+    for row in read_csv(paper / "imagenet.csv"):
+        params[(row["arch"], row["attention"])] = row["params_M"]
+        if row.get("flops_G"):
+            flops[(row["arch"], row["attention"])] = row["flops_G"]
+    for row in read_csv(paper / "params.csv"):
+        name = registry_name(row["dataset"], row["arch"])
+        for column, value in row.items():
+            if column not in ("dataset", "arch", "block") and value:
+                params[(name, column)] = value
+    return params, flops
+
+
+def profile(arch: str, spec: AttentionSpec, device: str) -> dict[str, int]:
+    """profile_model of the registry model at batch 1 of its input size (meta: shapes only)."""
+    info = networks.model_info(arch)
+    size = (1, 3, info.input_size, info.input_size)
+    if device == "meta":
+        try:
+            with torch.device("meta"):
+                model = networks.create_model(arch, num_classes=info.num_classes, attention=spec.name, attention_kwargs=spec.kwargs)
+            return profile_model(model, size)
+        except (NotImplementedError, RuntimeError):  # an operation without a meta kernel
+            pass
+    model = networks.create_model(arch, num_classes=info.num_classes, attention=spec.name, attention_kwargs=spec.kwargs)
+    return profile_model(model, size)
+
+
+def diff(ours: float, paper: Optional[str]) -> str:
+    """ours - paper at the published precision, signed; '-' without a published number."""
+    if not paper:
+        return "-"
+    decimals = len(paper.split(".")[1]) if "." in paper else 0
+    d = round(round(ours, decimals) - float(paper), decimals) + 0.0  # + 0.0: no "-0.00"
+    return f"{d:+.{decimals}f}"
+
+
+def table_rows(archs: list[str], specs: list[AttentionSpec], device: str, shared: Optional[Path], mac_decimals: int = 4) -> list[dict[str, str]]:
+    """The table's cells as strings (plus the raw integer counts, for the csv)."""
+    paper_params, paper_flops = published(shared)
+    rows = []
+    for arch in archs:
+        for spec in specs:
+            p = profile(arch, spec, device)
+            params_m, thop_g = p["params"] / 1e6, p["macs_thop"] / 1e9
+            pp = paper_params.get((arch, spec.paper_column))
+            pf = paper_flops.get((arch, spec.name)) if not spec.kwargs else None
+            rows.append({
+                "arch": arch,
+                "attention": spec.token,
+                "params_M": f"{params_m:.4f}",
+                "paper_params_M": pp or "-",
+                "d_params_M": diff(params_m, pp),
+                "macs_thop_G": f"{thop_g:.{mac_decimals}f}",
+                "paper_flops_G": pf or "-",
+                "d_macs_G": diff(thop_g, pf) if pf else "-",
+                "macs_G": f"{p['macs'] / 1e9:.{mac_decimals}f}",
+                "params": str(p["params"]),
+                "macs_thop": str(p["macs_thop"]),
+                "macs": str(p["macs"]),
+            })
+    return rows
+
+
+def format_text(rows: list[dict[str, str]]) -> str:
+    widths = [max(len(h), *(len(r[c]) for r in rows)) for h, c in zip(HEADERS, COLUMNS)]
+    left = {"arch", "attention"}
+    def line(cells):
+        return "  ".join(v.ljust(w) if c in left else v.rjust(w) for v, w, c in zip(cells, widths, COLUMNS)).rstrip()
+    return "\n".join([line(HEADERS), line(["-" * w for w in widths])] + [line([r[c] for c in COLUMNS]) for r in rows])
+
+
+def format_markdown(rows: list[dict[str, str]]) -> str:
+    out = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join(":---" if c in ("arch", "attention") else "---:" for c in COLUMNS) + "|"]
+    return "\n".join(out + ["| " + " | ".join(r[c] for c in COLUMNS) + " |" for r in rows])
+
+
+def footnote(device: str, shared: Optional[Path]) -> str:
+    import thop
+
+    source = f"{shared}/paper/params.csv, imagenet.csv, cifar.csv" if shared else "not found (shared/ beside the repository or $SIMAM_SHARED)"
+    return (
+        "Counted at batch 1 on each model's input size and head from networks.model_info (CIFAR 32x32/100 classes, "
+        f"ImageNet 224x224/1000, AlexNet 128x128/10; {device} device). thop MACs: multiply-accumulates by thop {getattr(thop, '__version__', '?')} rules (convs, linears, BN, "
+        "pooling; elementwise attention work such as SimAM counts 0, as in the published FLOPs, which an older thop also counted "
+        "without BN and pooling). MACs incl. attention: plus the attention modules' own elementwise operations "
+        f"(networks/profile.py). diff = ours - published, at the published precision. Published: {source}."
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, choices=["imagenet", "cifar"], help="architecture family")
+    parser.add_argument("--archs", help="comma-separated registry names (default: the whole family)")
+    parser.add_argument("--attentions", default=None, help="comma-separated attention types, e.g. none,simam,se,se_r4 (default: all)")
+    parser.add_argument("--csv", type=Path, help="also write the table to this csv file")
+    parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument("--device", choices=["meta", "cpu"], default="meta", help="meta: shapes only (fast, default); cpu: a real forward pass")
+    try:
+        args = parser.parse_args(argv)
+        archs = parse_archs(args.archs, args.dataset)
+        tokens = args.attentions.split(",") if args.attentions else ["none", "simam"] + [a for a in networks.list_attentions() if a not in ("none", "simam")]
+        specs = [parse_attention(t.strip()) for t in tokens if t.strip()]
+        if not archs or not specs:
+            raise UsageError("no architecture or no attention type given")
+        if args.csv and not args.csv.resolve().parent.is_dir():
+            raise UsageError(f"--csv: folder {args.csv.resolve().parent} does not exist")
+    except UsageError as e:
+        print(f"model_table.py: error: {e}", file=sys.stderr)
+        return 2
+
+    shared = find_shared()
+    # CIFAR networks have tens of MMACs: more decimals so that the attention's work shows
+    rows = table_rows(archs, specs, args.device, shared, mac_decimals=4 if args.dataset == "imagenet" else 6)
+    print(format_markdown(rows) if args.markdown else format_text(rows))
+    print()
+    print(footnote(args.device, shared))
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS + ["params", "macs_thop", "macs"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
