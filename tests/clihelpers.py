@@ -12,6 +12,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# SimAM's eager autograd Function in the runs tests start: the compiled kernels (the default,
+# tested in test_simam_fused.py and by the README quickstart test) cost seconds of compiling in
+# every new process, and recompiling for a new shape may change the last bit of a result, which
+# the bit-exact resume tests would see.
+SUBPROCESS_ENV = {"SIMAM_IMPL": "function"}
+
 # a fast run on synthetic CIFAR-shaped data: 4 steps of 32 images, 40 validation images
 FAKE = ["data=fake", "data.num_train=128", "data.num_val=40", "data.batch_size=32", "data.eval_batch_size=20", "trainer.log_every=2"]
 
@@ -19,7 +25,7 @@ FAKE = ["data=fake", "data.num_train=128", "data.num_val=40", "data.batch_size=3
 def run_cli(args: Sequence[str], script: str = "main_cifar.py", timeout: int = 600, env: dict | None = None,
             launcher: Sequence[str] | None = None) -> subprocess.CompletedProcess:
     """`python SCRIPT ARGS` from the repository root; returns the completed process (text output)."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **SUBPROCESS_ENV, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     cmd = list(launcher or [sys.executable]) + [script, *map(str, args)]
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)

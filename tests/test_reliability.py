@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clihelpers import FAKE, ROOT, assert_user_error, check_ok, metrics, model_state, run_cli, write_jpeg_folder
+from clihelpers import FAKE, ROOT, SUBPROCESS_ENV, assert_user_error, check_ok, metrics, model_state, run_cli, write_jpeg_folder
 from engine.checkpoint import save_atomic
 from engine.errors import UserError
 
@@ -23,7 +23,7 @@ LONG = ["data=fake", "data.num_train=256", "data.num_val=40", "data.batch_size=3
 
 
 def _start(args, env=None):
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **SUBPROCESS_ENV, **(env or {})}
     return subprocess.Popen([sys.executable, "main_cifar.py", *map(str, args)], cwd=ROOT, env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
