@@ -24,8 +24,8 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 __all__ = [
     "NORMALISATION", "Published", "Run", "ReportError", "checkpoint_meta", "class_names", "config_num_classes",
     "default_paper_dir", "find_run_dirs", "group_items", "load_checkpoint_model", "load_run", "lookup_published",
-    "mean_std", "model_from_config", "paper_arch_name", "plain_simam", "read_published", "recipe_text", "resolve_data_root", "schedule_text",
-    "unnormalise", "val_dataset",
+    "mean_std", "model_from_config", "paper_arch_name", "plain_simam", "read_published", "recipe_text",
+    "resolve_data_root", "schedule_text", "unnormalise", "val_dataset",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,8 @@ _CIFAR_PAPER_ARCHS = {
     "cifar_wrn16_8": "wideresnet16x8",
 }
 
-# augment recipe of engine.data -> the (mean, std) its transforms normalise with
+# augment recipe of engine.data -> the (mean, std) its transforms normalise with (engine.data.normalization
+# where it exists; this copy for older versions of engine.data)
 NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -64,7 +65,6 @@ class Run:
     status: str = "complete"  # complete | in progress | interrupted | stopped | failed
     note: str = ""
     repeated_epochs: bool = False  # metrics.jsonl logged an epoch twice (a restart without resume)
-    age_s: float = 0.0  # seconds since the run last wrote anything
 
     @property
     def epochs(self) -> int:
@@ -105,7 +105,7 @@ def find_run_dirs(paths: Iterable[os.PathLike | str]) -> list[Path]:
         if not p.is_dir():
             raise ReportError(f"{p} is not a folder (give run dirs or folders that contain them)")
         for root, dirs, files in os.walk(p):
-            dirs[:] = sorted(d for d in dirs if d not in ("checkpoints", "tb", ".submitit", ".sweep"))
+            dirs[:] = sorted(d for d in dirs if d not in ("checkpoints", "tb", ".submitit"))
             here = Path(root)
             if "metrics.jsonl" in files or (here / ".hydra" / "config.yaml").is_file():
                 found.add(here.resolve())
@@ -190,27 +190,31 @@ def _last_write(run_dir: Path) -> float:
 
 
 def _log_text(run: Run) -> str:
-    logs = [run.path / f"{run.job_name}.log"] if run.job_name else []
-    logs += sorted(run.path.glob("*.log"))
-    for p in logs:
-        if p.is_file():
-            try:
-                return p.read_text(errors="replace")[-20000:]
-            except OSError:
-                return ""
-    return ""
+    """The end of the run's logs: Hydra's `<job name>.log` and scripts/sweep.py's console.log."""
+    texts = []
+    for p in sorted(run.path.glob("*.log")):
+        try:
+            texts.append(p.read_text(errors="replace")[-20000:])
+        except OSError:
+            pass
+    return "\n".join(texts)
+
+
+_START = " M params, "  # the runner logs the model size each time it starts (or resumes)
+_ERROR = re.compile(r"^Traceback|^[\w.]*(Error|Exception)\b|^error:|non-finite loss", re.M)
 
 
 def _status(run: Run, now: float) -> tuple[str, str]:
-    """(status, note). complete: every epoch of trainer.epochs logged. Otherwise the log and files say why."""
+    """(status, note). complete: every epoch of trainer.epochs logged. Otherwise the logs and files say why."""
     if run.epochs and run.epochs_done >= run.epochs:
         return "complete", ""
     done = f"{run.epochs_done}/{run.epochs or '?'} epochs"
     log = _log_text(run)
-    errors = [l for l in log.splitlines() if re.search(r"Traceback|Error|error:|non-finite", l)]
+    latest = log.rsplit(_START, 1)[-1]  # what happened since the last (re)start
+    errors = [l for l in latest.splitlines() if _ERROR.search(l)]
     if errors:
         return "failed", f"{done}; log: {errors[-1].strip()[:160]}"
-    if "exiting with code 3" in log.rsplit("resumed from", 1)[-1]:
+    if "exiting with code 3" in latest:
         return "interrupted", f"{done}; stopped by a signal, last.pth saved: rerun the same command with trainer.auto_resume=true"
     if run.summary is not None:
         return "stopped", f"{done}; ended early (trainer.stop_after_epochs?): continue with resume={run.path / 'checkpoints' / 'last.pth'}"
@@ -233,7 +237,6 @@ def load_run(run_dir: os.PathLike | str, now: Optional[float] = None) -> Run:
     run = Run(run_dir, config, metrics, _read_json(run_dir / "summary.json"), overrides, job_name, repeated_epochs=repeated)
     now = time.time() if now is None else now
     run.status, run.note = _status(run, now)
-    run.age_s = now - _last_write(run_dir)
     if repeated:
         run.note = (run.note + "; " if run.note else "") + "metrics.jsonl repeats epochs (restarted without resume, or two jobs shared this dir)"
     return run
@@ -403,10 +406,9 @@ def resolve_data_root(root: Optional[str]) -> Optional[str]:
 
 
 def val_dataset(config: dict) -> Any:
-    """The run's validation set (SeededDataset: normalised CHW tensors, int labels), as the trainer built it.
+    """The run's validation set (normalised CHW float tensors, int labels) as engine.data builds it.
 
-    Image folders open only val/ (the train folder of ImageNet takes long to list). ReportError when
-    the data are not there.
+    ReportError when the data are not where the run had them (nothing is downloaded).
     """
     from engine import data as data_lib
     from engine.errors import UserError
@@ -414,19 +416,14 @@ def val_dataset(config: dict) -> Any:
     d = config.get("data") or {}
     root = resolve_data_root(d.get("root"))
     try:
-        if d.get("name") in ("imagenet", "imagefolder"):
-            if not root:
-                raise ReportError("data.root is not set")
-            _, val_tf = data_lib.build_transforms(d.get("augment", "imagenet"), int(d["image_size"]))
-            folder = data_lib.CheckedImageFolder(os.path.join(root, "val"), bad_images=d.get("bad_images", "fail"))
-            return data_lib.SeededDataset(folder, val_tf, seed=int(config.get("seed", 0)))
         _, val, _ = data_lib.build_datasets(
             d["name"], root, augment=d.get("augment", "none"), image_size=int(d["image_size"]),
             num_classes=d.get("num_classes"), num_train=int(d.get("num_train", 512)), num_val=int(d.get("num_val", 128)),
             download=False, seed=int(config.get("seed", 0)), bad_images=d.get("bad_images", "fail"))
         return val
     except (UserError, ValueError, OSError, KeyError) as e:
-        raise ReportError(f"cannot open the validation data of {d.get('name')!r} at {root}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ReportError(f"cannot open the validation data of {d.get('name')!r} at {root}: {reason}") from None
 
 
 def class_names(dataset: Any) -> Optional[list[str]]:
@@ -440,7 +437,12 @@ def unnormalise(image: Any, augment: str) -> Any:
     """Normalised CHW tensor -> HWC float numpy array in [0, 1] for display."""
     import torch
 
-    mean, std = NORMALISATION.get(augment, NORMALISATION["none"])
+    from engine import data as data_lib
+
+    try:
+        mean, std = data_lib.normalization(augment)
+    except (AttributeError, ValueError):  # an engine.data without normalization(), an unknown recipe
+        mean, std = NORMALISATION.get(augment, NORMALISATION["none"])
     x = image.detach().float().cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
     return x.clamp(0, 1).permute(1, 2, 0).numpy()
 

@@ -139,29 +139,54 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
 
 
 def _build_data(cfg: DictConfig, info: DistInfo) -> tuple[Any, Any, int, int]:
+    """(train loader or None, val loader, num_classes, training set size). The loaders carry uint8 images and
+    yield them normalised on info.device (float32, channels-last with trainer.channels_last): engine.prefetch."""
+    from .prefetch import DevicePrefetcher
+
     d = cfg.data
     for key in ("batch_size", "eval_batch_size"):
         if int(d[key]) % info.world_size:
             raise UserError(f"data.{key}={d[key]} is not divisible by the {info.world_size} processes: use a multiple of {info.world_size}")
+    gpu_decode, on_device = bool(d.get("gpu_decode", False)), bool(d.get("on_device", False))
+    if gpu_decode and info.device.type != "cuda":
+        if info.is_main:
+            get_logger().warning(f"data.gpu_decode=true needs a CUDA device but this run is on {info.device.type}: decoding JPEGs on the CPU instead")
+        gpu_decode = False
     try:
         train_set, val_set, num_classes = data_lib.build_datasets(
             d.name, d.get("root"), augment=d.augment, image_size=int(d.image_size), num_classes=d.get("num_classes"),
             num_train=int(d.get("num_train", 512)), num_val=int(d.get("num_val", 128)), download=bool(d.get("download", False)),
-            seed=int(cfg.seed), bad_images=d.get("bad_images", "fail"),
+            seed=int(cfg.seed), bad_images=d.get("bad_images", "fail"), normalize=False, deferred=gpu_decode,
         )
+        mean, std = data_lib.normalization(d.augment)
     except ValueError as e:
         raise UserError(str(e).splitlines()[0]) from None
-    common = dict(workers=int(d.workers), rank=info.rank, world_size=info.world_size, seed=int(cfg.seed), pin_memory=info.device.type == "cuda")
-    val_loader = data_lib.build_loader(val_set, batch_size=int(d.eval_batch_size) // info.world_size, train=False, **common)
+    common = dict(rank=info.rank, world_size=info.world_size, seed=int(cfg.seed))
+
+    def loader(dataset: Any, global_batch: int, train: bool) -> DevicePrefetcher:
+        batch_size = global_batch // info.world_size
+        if on_device:  # CIFAR-sized data held on the device, augmented per batch there: no workers
+            inner = data_lib.build_device_loader(dataset, device=info.device, augment=d.augment, image_size=int(d.image_size),
+                                                 batch_size=batch_size, train=train, **common)
+        else:
+            inner = data_lib.build_loader(dataset, batch_size=batch_size, train=train, workers=int(d.workers),
+                                          pin_memory=info.device.type == "cuda", **common)
+        decode = data_lib.DeviceDecoder(dataset.transform, info.device) if gpu_decode else None
+        return DevicePrefetcher(inner, device=info.device, mean=mean, std=std, channels_last=bool(cfg.trainer.channels_last), decode=decode)
+
+    val_loader = loader(val_set, int(d.eval_batch_size), train=False)
     if cfg.evaluate:  # no training loader: its batch size need not fit the training set
         return None, val_loader, num_classes, len(train_set)
-    train_loader = data_lib.build_loader(train_set, batch_size=int(d.batch_size) // info.world_size, train=True, **common)
-    return train_loader, val_loader, num_classes, len(train_set)
+    return loader(train_set, int(d.batch_size), train=True), val_loader, num_classes, len(train_set)
 
 
 # ---------------------------------------------------------------------------------------- signals
 class _StopFlag:
-    """Set by SIGTERM / SIGUSR1 / SIGINT: finish the step, save last.pth, exit EXIT_PREEMPTED.
+    """Set by SIGTERM / SIGUSR1 / SIGUSR2 / SIGINT: finish the step, save last.pth, exit EXIT_PREEMPTED.
+
+    SIGUSR2 is submitit's time-limit warning (hydra/launcher=slurm, signal_delay_s before the end):
+    once last.pth is saved, `forward()` gives the signal to the handler installed before ours,
+    submitit's, which requeues the job and exits.
 
     With several processes the ranks must stop after the same step, or the next collective
     hangs: the flag is then agreed on (all-reduce MAX) every `every` steps, at the same steps on
@@ -176,7 +201,7 @@ class _StopFlag:
         self._calls = 0
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)):
+        for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None), getattr(signal, "SIGUSR2", None)):
             if sig is not None:
                 try:
                     self._old[sig] = signal.signal(sig, self._handle)
@@ -201,6 +226,12 @@ class _StopFlag:
     def restore(self) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+    def forward(self) -> None:
+        """Call the handler that preceded ours for the signal received (submitit's requeue); may exit."""
+        old = self._old.get(self.signum) if self.signum is not None else None
+        if callable(old) and old is not signal.default_int_handler:
+            old(self.signum, None)
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -339,6 +370,8 @@ def _train_or_evaluate(cfg: DictConfig, info: DistInfo) -> dict:
                 barrier()
                 logger.info(f"signal {stop.signum or 'on another rank'}: saved {run_dir / 'checkpoints' / 'last.pth'} at epoch {epoch} batch {batch}; exiting with code {EXIT_PREEMPTED}")
                 logger.close()
+                stop.restore()
+                stop.forward()  # under submitit: requeue this job (its handler exits the process)
                 raise SystemExit(EXIT_PREEMPTED)
             val = evaluate(train_model if not info.distributed else model_without_ddp, val_loader, criterion_eval,
                            device=info.device, amp_dtype=amp_dtype, channels_last=channels_last)

@@ -11,13 +11,20 @@ with mu and var taken per sample and channel over the spatial positions. Differe
 original code: the statistics are computed in float32 whatever the input dtype (fp16/bf16
 autocast), and a 1x1 feature map (H*W - 1 = 0, NaN in the original) uses n = 1, which gives the
 finite weight sigmoid(0.5) everywhere.
+
+The module runs a fused, memory-saving implementation by default (`simam_fused.py`: an autograd
+Function that saves only its input and two per-channel statistics, compiled with torch.compile
+on CPU/CUDA); `impl="reference"` (or SIMAM_IMPL=reference in the environment) runs the plain
+formula below, which exporters (ONNX, torch.export) always get.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["SimAM", "simam_reference"]
+from .simam_fused import IMPLS, check_impl, resolve_impl, simam_compiled, simam_function
+
+__all__ = ["IMPLS", "SimAM", "simam", "simam_reference"]
 
 
 def simam_reference(x: torch.Tensor, e_lambda: float = 1e-4) -> torch.Tensor:
@@ -30,16 +37,29 @@ def simam_reference(x: torch.Tensor, e_lambda: float = 1e-4) -> torch.Tensor:
     return (xf * torch.sigmoid(e_inv)).to(x.dtype)
 
 
-class SimAM(nn.Module):
-    """Parameter-free attention; `channels` is accepted (and ignored) so every module shares one signature."""
+_IMPL_FNS = {"reference": simam_reference, "function": simam_function, "compiled": simam_compiled}
 
-    def __init__(self, channels: int | None = None, e_lambda: float = 1e-4) -> None:
+
+def simam(x: torch.Tensor, e_lambda: float = 1e-4, impl: str = "auto") -> torch.Tensor:
+    """SimAM of a (B, C, H, W) tensor with implementation `impl` (see `simam_fused.resolve_impl`)."""
+    return _IMPL_FNS[resolve_impl(impl, x)](x, e_lambda)
+
+
+class SimAM(nn.Module):
+    """Parameter-free attention; `channels` is accepted (and ignored) so every module shares one signature.
+
+    `impl`: "auto" (fused where available), "reference", "function" or "compiled"; the
+    environment variable SIMAM_IMPL overrides it for every module (debugging).
+    """
+
+    def __init__(self, channels: int | None = None, e_lambda: float = 1e-4, impl: str = "auto") -> None:
         super().__init__()
         self.channels = channels
         self.e_lambda = float(e_lambda)
+        self.impl = check_impl(impl, "SimAM(impl=...)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return simam_reference(x, self.e_lambda)
+        return simam(x, self.e_lambda, self.impl)
 
     def extra_repr(self) -> str:
-        return f"e_lambda={self.e_lambda:g}"
+        return f"e_lambda={self.e_lambda:g}" + ("" if self.impl == "auto" else f", impl={self.impl}")

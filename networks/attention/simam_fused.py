@@ -1,0 +1,325 @@
+"""SimAM as one autograd node that saves only its input, and an Inductor-fused version of it.
+
+The plain formula (`simam.simam_reference`) leaves autograd to save its intermediates (x - mu,
+its square, the energy, the sigmoid, ...): 4x the input's bytes per SimAM layer in fp32, 8x for
+bf16/fp16 inputs, whose intermediates are fp32 (measured with `saved_tensor_bytes`). Here the
+forward saves the input plus two per-channel statistics of shape (B, C, 1, 1), the mean `mu`
+and `k = 1 / (4 * (var + lambda))`, and the backward recomputes the rest from them.
+
+Backward, per sample and channel over the N = H*W positions, with n = max(N - 1, 1),
+d = x - mu, s = sigmoid(k d^2 + 1/2), y = x s and the incoming gradient g = dL/dy:
+
+    t  = g x s (1 - s)                       dL/de for the energy e = k d^2 + 1/2
+    A  = sum(t d^2),   B = sum(t d)          the two reductions of the backward
+    dL/dx = g s + 2 d (k t - 4 k^2 A / n) - 2 k B / N
+
+The terms come from dL/dk = A with dk/dvar = -4 k^2, dvar/dd_i = 2 d_i / n and d(d_i)/dx_j =
+delta_ij - 1/N (the last one also removes sum(d) = 0 from the variance term).
+
+Implementations (`SimAM(impl=...)`, or globally with the environment variable SIMAM_IMPL):
+- "reference": the plain formula, differentiated by autograd; used for ONNX / torch.export /
+  TorchScript tracing whatever is chosen, because exporters want plain aten ops.
+- "function": `SimAMFunction` with eager kernels (in-place where nothing else can see it).
+- "compiled": the same Function whose forward and backward kernels are compiled with
+  torch.compile (Inductor: C++/OpenMP on CPU, generated Triton on CUDA), one fused loop nest per
+  pass. Compiling takes seconds on first use per dtype / memory format (shapes are dynamic).
+  If torch.compile is unavailable or fails (no C compiler, unsupported platform, dynamo
+  errors), it warns once and uses "function" from then on: training never stops for it.
+- "auto" (default): "compiled" on CPU and CUDA for inputs of at least AUTO_COMPILE_MIN_NUMEL
+  elements; "function" for smaller ones (there compiling saves a fraction of a millisecond per
+  call, which takes thousands of calls to repay its seconds: tests, toy inputs) and on other
+  devices (meta, mps, ...).
+Inside `torch.compile(model)` the Function is traced by dynamo with its eager kernels (Inductor
+then fuses them with the rest of the graph), so no compiled code is nested in compiled code.
+No hand-written Triton kernel: there was no GPU to write and measure one against Inductor's.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import warnings
+from typing import Callable, Mapping, Optional
+
+import torch
+
+__all__ = [
+    "AUTO_COMPILE_MIN_NUMEL", "IMPLS", "SimAMFunction", "check_impl", "compile_available", "compile_failure",
+    "impl_override", "override_from_env", "resolve_impl", "saved_tensor_bytes", "set_impl_override",
+    "simam_compiled", "simam_function",
+]
+
+IMPLS = ("auto", "reference", "function", "compiled")
+AUTO_COMPILE_MIN_NUMEL = 2**17  # e.g. 32x16x16x16: "auto" compiles from this input size on
+ENV_VAR = "SIMAM_IMPL"
+_log = logging.getLogger(__name__)
+
+
+def check_impl(impl: str, source: str) -> str:
+    """`impl` lower-cased, or ValueError naming `source` and the valid names."""
+    impl = str(impl).lower()
+    if impl not in IMPLS:
+        raise ValueError(f"unknown SimAM impl {impl!r} ({source}); valid: {', '.join(IMPLS)}")
+    return impl
+
+
+def override_from_env(environ: Mapping[str, str]) -> Optional[str]:
+    """The impl that SIMAM_IMPL names in `environ` (None when unset or empty)."""
+    value = environ.get(ENV_VAR, "").strip()
+    return check_impl(value, f"environment variable {ENV_VAR}") if value else None
+
+
+# read once at import (so that it also holds in spawned DDP workers and inside torch.compile,
+# which guards on module globals); `set_impl_override` changes it at run time
+_OVERRIDE: Optional[str] = override_from_env(os.environ)
+
+
+def set_impl_override(impl: Optional[str]) -> None:
+    """Force one implementation for every SimAM module (None: each module's own `impl`)."""
+    global _OVERRIDE
+    _OVERRIDE = None if impl is None else check_impl(impl, "set_impl_override")
+
+
+def impl_override() -> Optional[str]:
+    """The global override (from SIMAM_IMPL or `set_impl_override`), or None."""
+    return _OVERRIDE
+
+
+# --------------------------------------------------------------------------------- the formulas
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """Statistics and arithmetic in float32 for fp16/bf16/fp32 inputs, float64 for float64."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _stats(xf: torch.Tensor, e_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """mu and k = 1 / (4 (var + lambda)), shape (B, C, 1, 1); var divides by max(H*W - 1, 1)."""
+    npos = xf.shape[2] * xf.shape[3]
+    var0, mu = torch.var_mean(xf, dim=(2, 3), correction=0, keepdim=True)  # one pass (Welford)
+    var = var0 * (npos / max(npos - 1, 1))
+    return mu, 1.0 / (4.0 * (var + e_lambda))
+
+
+def _forward_kernel(x: torch.Tensor, e_lambda: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, mu, k), out of place: the version that torch.compile and autograd see."""
+    xf = x.to(_compute_dtype(x))
+    mu, k = _stats(xf, e_lambda)
+    d = xf - mu
+    return (xf * torch.sigmoid(d * d * k + 0.5)).to(x.dtype), mu, k
+
+
+def _backward_kernel(x: torch.Tensor, g: torch.Tensor, mu: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """dL/dx from the input, dL/dy and the saved statistics (formula in the module docstring)."""
+    ct = _compute_dtype(x)
+    xf, gf = x.to(ct), g.to(ct)
+    npos = x.shape[2] * x.shape[3]
+    n = max(npos - 1, 1)
+    d = xf - mu
+    s = torch.sigmoid(d * d * k + 0.5)
+    gs = gf * s
+    t = gs * xf * (1.0 - s)
+    td = t * d
+    a = (td * d).sum(dim=(2, 3), keepdim=True)
+    b = td.sum(dim=(2, 3), keepdim=True)
+    dx = gs + 2.0 * d * (k * t - (4.0 / n) * k * k * a) - (2.0 / npos) * k * b
+    return dx.to(x.dtype)
+
+
+def _forward_eager(x: torch.Tensor, e_lambda: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_forward_kernel` with in-place steps on buffers of its own (fewer allocations)."""
+    xf = x.to(_compute_dtype(x))
+    mu, k = _stats(xf, e_lambda)
+    w = xf - mu
+    w.mul_(w).mul_(k).add_(0.5).sigmoid_().mul_(xf)
+    return w.to(x.dtype), mu, k
+
+
+def _backward_eager(x: torch.Tensor, g: torch.Tensor, mu: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """`_backward_kernel` with in-place steps on buffers of its own (not differentiable)."""
+    ct = _compute_dtype(x)
+    xf, gf = x.to(ct), g.to(ct)
+    npos = x.shape[2] * x.shape[3]
+    n = max(npos - 1, 1)
+    d = xf - mu
+    s = d * d
+    s.mul_(k).add_(0.5).sigmoid_()
+    gs = gf * s
+    t = s.neg_().add_(1.0).mul_(gs).mul_(xf)  # reuses s's buffer
+    td = t * d
+    b = td.sum(dim=(2, 3), keepdim=True)
+    a = td.mul_(d).sum(dim=(2, 3), keepdim=True)
+    dx = t.mul_(k).sub_((4.0 / n) * k * k * a).mul_(d).mul_(2.0).add_(gs).sub_((2.0 / npos) * k * b)
+    return dx.to(x.dtype)
+
+
+# --------------------------------------------------------------------------------- compilation
+_lock = threading.Lock()
+_compiled: dict[str, Callable] = {}
+_compile_failed: Optional[str] = None  # the first error, once torch.compile has failed
+
+
+def _compile_error(where: str, err: BaseException) -> None:
+    """Remember that compiling failed and warn once; the eager kernels are used from now on."""
+    global _compile_failed
+    with _lock:
+        first = _compile_failed is None
+        _compile_failed = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    if first:
+        warnings.warn(
+            f"SimAM: torch.compile of the {where} kernel failed ({_compile_failed}); "
+            "using the eager SimAM function from now on (same results, slower)", RuntimeWarning, stacklevel=3,
+        )
+        _log.debug("SimAM torch.compile failure", exc_info=err)
+
+
+def compile_available() -> bool:
+    """False once torch.compile has failed in this process (or does not exist)."""
+    return _compile_failed is None and hasattr(torch, "compile")
+
+
+def compile_failure() -> Optional[str]:
+    """The error that made compiling unavailable in this process, or None."""
+    return _compile_failed
+
+
+def _get_compiled(name: str, fn: Callable) -> Optional[Callable]:
+    if _compile_failed is not None:
+        return None
+    cfn = _compiled.get(name)
+    if cfn is None:
+        try:
+            # dynamic shapes from the start: one kernel for every map size of a network
+            # (measured: as fast as a shape-specialised one on CPU)
+            cfn = torch.compile(fn, dynamic=True)
+        except Exception as e:  # torch.compile missing, unsupported Python / platform
+            _compile_error(name, e)
+            return None
+        with _lock:
+            cfn = _compiled.setdefault(name, cfn)
+    return cfn
+
+
+def _run_compiled(name: str, fn: Callable, eager: Callable, *args):
+    """fn compiled (compiled on first use), or `eager` if compiling is unavailable or fails."""
+    cfn = _get_compiled(name, fn)
+    if cfn is not None:
+        # detached: dynamo guards on requires_grad, which differs between training and inference
+        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        try:
+            return cfn(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # no C compiler, dynamo / inductor errors: never stop training
+            _compile_error(name, e)
+    return eager(*args)
+
+
+# --------------------------------------------------------------------------------- autograd
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast disabled inside SimAM: its dtypes are explicit (fp32 statistics), and compiled
+    kernels then see one global state (no recompilation for autocast on/off)."""
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class SimAMFunction(torch.autograd.Function):
+    """SimAM with an analytic backward; saves x, mu and k only. apply(x, e_lambda, compiled)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, e_lambda: float, compiled: bool) -> torch.Tensor:
+        with _autocast_off(x.device.type):
+            if compiled:
+                y, mu, k = _run_compiled("forward", _forward_kernel, _forward_eager, x, e_lambda)
+            else:
+                y, mu, k = _forward_eager(x, e_lambda)
+        ctx.save_for_backward(x, mu, k)
+        ctx.e_lambda = e_lambda
+        ctx.compiled = compiled
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, mu, k = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (double backward): differentiable ops, and statistics recomputed
+            # from x so that their dependence on x is part of the graph
+            mu, k = _stats(x.to(_compute_dtype(x)), ctx.e_lambda)
+            dx = _backward_kernel(x, grad, mu, k)
+        elif ctx.compiled:
+            dx = _run_compiled("backward", _backward_kernel, _backward_eager, x, grad, mu, k)
+        else:
+            dx = _backward_eager(x, grad, mu, k)
+        return dx, None, None
+
+
+def _check_input(x: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"SimAM expects a 4-d (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+
+
+def simam_function(x: torch.Tensor, e_lambda: float = 1e-4) -> torch.Tensor:
+    """SimAM through `SimAMFunction` with eager kernels."""
+    _check_input(x)
+    return SimAMFunction.apply(x, float(e_lambda), False)
+
+
+def simam_compiled(x: torch.Tensor, e_lambda: float = 1e-4) -> torch.Tensor:
+    """SimAM through `SimAMFunction` with torch.compile'd kernels (eager ones if compiling fails)."""
+    _check_input(x)
+    return SimAMFunction.apply(x, float(e_lambda), True)
+
+
+# --------------------------------------------------------------------------------- selection
+def _exporting() -> bool:
+    """ONNX export, torch.export or TorchScript tracing: these get the plain formula."""
+    if torch.compiler.is_compiling():
+        is_exporting = getattr(torch.compiler, "is_exporting", None)
+        return bool(is_exporting is not None and is_exporting())
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return True
+    onnx = sys.modules.get("torch.onnx")  # not imported: no export in progress
+    if onnx is not None and onnx.is_in_onnx_export():
+        return True
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting is not None and is_exporting())
+
+
+def resolve_impl(impl: str, x: torch.Tensor) -> str:
+    """The implementation that runs for `impl` ("auto", ...) on this input, after the global
+    override: "reference" while exporting, "function" inside torch.compile (traced by dynamo),
+    on devices other than CPU/CUDA and once compiling has failed."""
+    impl = _OVERRIDE or impl
+    if impl == "reference" or _exporting():
+        return "reference"
+    if torch.compiler.is_compiling():
+        return "function"
+    if impl == "auto" and x.numel() < AUTO_COMPILE_MIN_NUMEL:
+        return "function"
+    if impl in ("auto", "compiled") and not (x.device.type in ("cpu", "cuda") and compile_available()):
+        return "function"
+    return "compiled" if impl == "auto" else impl
+
+
+# --------------------------------------------------------------------------------- measurement
+def saved_tensor_bytes(fn: Callable[..., torch.Tensor], *args, **kwargs) -> int:
+    """Bytes that autograd saves for backward while running `fn(*args, **kwargs)`.
+
+    Counted with `torch.autograd.graph.saved_tensors_hooks`, once per storage (a tensor saved
+    by several ops, or views of one buffer, count once), whole storages.
+    """
+    packed: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        packed.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args, **kwargs)
+    storages = {}
+    for t in packed:
+        st = t.untyped_storage()
+        storages[(t.device, st.data_ptr())] = st.nbytes()
+    del out
+    return int(sum(storages.values()))
