@@ -5,7 +5,12 @@ Plain typed arguments only (no Hydra config in here). The pieces:
 - ``build_datasets(name, root, augment=..., image_size=...)`` -> ``(train, val, num_classes)``:
   CIFAR-10/100 and ImageFolder/ImageNet from disk, ``fake`` (synthetic, learnable, no files) and
   ``digits`` (scikit-learn's 8x8 digits upscaled to 32x32, no download). Both returned datasets
-  are ``SeededDataset`` wrappers, yielding ``(float tensor CHW, int label)``.
+  are ``SeededDataset`` wrappers, yielding ``(uint8 tensor CHW, int label)`` with
+  ``normalize=False`` (the trainer's loaders: 4x less to move between processes and to the
+  device, where ``engine.prefetch.DevicePrefetcher`` normalises with ``normalization(augment)``)
+  or ``(float tensor CHW, int label)`` normalised per sample (the default, for the report scripts).
+  The transforms are torchvision v2 on uint8 tensors; JPEGs are decoded by
+  ``torchvision.io.decode_jpeg`` (PIL for other files, grayscale/CMYK JPEGs and as a fallback).
 - ``SeededDataset``: the random transform of sample ``index`` in epoch ``epoch`` is a pure
   function of ``(seed, epoch, index)``, so the augmented data do not depend on the number of
   workers, on which worker loads which sample, or on whether the run was resumed.
@@ -13,6 +18,10 @@ Plain typed arguments only (no Hydra config in here). The pieces:
   of steps, mid-epoch resume with ``set_start_batch``) and ``EvalSampler`` (every index exactly
   once over all ranks, no padding, no duplicates; see PITFALLS "DistributedSampler pads").
 - ``build_loader`` and ``set_epoch``.
+- ``build_device_loader`` (``data.on_device``): CIFAR/digits/fake held whole on the device as
+  uint8, batches gathered and augmented there (``DeviceLoader``, no worker processes).
+- ``DeferredDataset`` + ``DeviceDecoder`` (``data.gpu_decode``): workers only read JPEG files,
+  the main process decodes them on the GPU and applies the seeded transforms there.
 
 How the epoch reaches the workers: DataLoader workers hold a copy of the dataset made when the
 iterator is created, so ``build_loader`` always uses ``persistent_workers=False`` and the trainer
@@ -28,9 +37,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
+import math
 import multiprocessing
 import os
 import random
+import signal
 import socket
 import tarfile
 import urllib.parse
@@ -45,29 +57,42 @@ import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
 from engine.errors import UserError
 
 __all__ = [
     "AUGMENTS",
+    "BAD_IMAGE_POLICIES",
     "CIFAR_MEAN",
     "CIFAR_STD",
     "DATASETS",
+    "DEVICE_AUGMENTS",
+    "DEVICE_DATASETS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "BAD_IMAGE_POLICIES",
-    "EvalSampler",
-    "FakeImages",
+    "IMAGE_FOLDER_DATASETS",
+    "NORMALIZATION",
     "ArrayImages",
     "CheckedImageFolder",
     "DataError",
+    "DeferredDataset",
+    "DeviceDecoder",
+    "DeviceLoader",
+    "EvalSampler",
+    "FakeImages",
     "SeededDataset",
     "TrainSampler",
     "build_datasets",
+    "build_device_loader",
     "build_loader",
     "build_transforms",
+    "collate_deferred",
+    "crop_flip",
+    "normalization",
     "sample_seed",
+    "seeded_call",
     "set_epoch",
 ]
 
@@ -126,80 +151,77 @@ def _fail(message: str) -> DataError:
 # Transforms
 # --------------------------------------------------------------------------------------------
 
-def _to_tensor(mean: Sequence[float], std: Sequence[float]) -> list[Transform]:
-    """PIL/uint8 -> normalised float32 plain tensor (CHW)."""
-    return [
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
-        v2.ToPureTensor(),
-    ]
+# augment recipe -> the (mean, std) its images are normalised with: on the device by
+# engine.prefetch.DevicePrefetcher, or per sample by the transforms of normalize=True.
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar": (CIFAR_MEAN, CIFAR_STD),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "alexnet": (IMAGENET_MEAN, IMAGENET_STD),
+    "none": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
 
 
-def _cifar_transforms(image_size: int) -> tuple[Transform, Transform]:
-    """Pad 4 + random crop + flip (the SimAM CIFAR recipe); eval: normalise only."""
-    train = v2.Compose([
-        v2.RandomCrop(image_size, padding=4),
-        v2.RandomHorizontalFlip(),
-        *_to_tensor(CIFAR_MEAN, CIFAR_STD),
-    ])
-    return train, v2.Compose(_to_tensor(CIFAR_MEAN, CIFAR_STD))
+def _cifar_ops(image_size: int) -> tuple[list[Transform], list[Transform]]:
+    """Pad 4 + random crop + flip (the SimAM CIFAR recipe); eval: nothing."""
+    return [v2.RandomCrop(image_size, padding=4), v2.RandomHorizontalFlip()], []
 
 
-def _imagenet_transforms(image_size: int) -> tuple[Transform, Transform]:
+def _imagenet_ops(image_size: int) -> tuple[list[Transform], list[Transform]]:
     """RandomResizedCrop + flip; eval: resize to size*256/224 and centre crop (single crop)."""
-    train = v2.Compose([
-        v2.RandomResizedCrop(image_size, antialias=True),
-        v2.RandomHorizontalFlip(),
-        *_to_tensor(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-    val = v2.Compose([
-        v2.Resize(int(image_size * 256 / 224), antialias=True),
-        v2.CenterCrop(image_size),
-        *_to_tensor(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    train = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+    val = [v2.Resize(int(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)]
     return train, val
 
 
-def _alexnet_transforms(image_size: int) -> tuple[Transform, Transform]:
+def _alexnet_ops(image_size: int) -> tuple[list[Transform], list[Transform]]:
     """The AlexNet CIFAR-10 notebook recipe (128 px); mixup is applied per batch elsewhere."""
-    train = v2.Compose([
+    train = [
         v2.Resize(image_size + 2, antialias=True),
         v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
         v2.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True),
         v2.RandomHorizontalFlip(),
         v2.RandomRotation(20),
-        *_to_tensor(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-    val = v2.Compose([
-        v2.Resize(image_size, antialias=True),
-        *_to_tensor(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-    return train, val
+    ]
+    return train, [v2.Resize(image_size, antialias=True)]
 
 
-def _plain_transforms(image_size: int) -> tuple[Transform, Transform]:
-    """No augmentation: resize to a square image_size and normalise to [-1, 1]."""
-    plain = v2.Compose([
-        v2.Resize((image_size, image_size), antialias=True),
-        *_to_tensor((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    ])
-    return plain, plain
+def _plain_ops(image_size: int) -> tuple[list[Transform], list[Transform]]:
+    """No augmentation: resize to a square image_size (normalised to [-1, 1])."""
+    plain = [v2.Resize((image_size, image_size), antialias=True)]
+    return plain, list(plain)
 
 
-AUGMENTS: dict[str, Callable[[int], tuple[Transform, Transform]]] = {
-    "cifar": _cifar_transforms,
-    "imagenet": _imagenet_transforms,
-    "alexnet": _alexnet_transforms,
-    "none": _plain_transforms,
+# recipe -> (train ops, eval ops), all on uint8 CHW images
+AUGMENTS: dict[str, Callable[[int], tuple[list[Transform], list[Transform]]]] = {
+    "cifar": _cifar_ops,
+    "imagenet": _imagenet_ops,
+    "alexnet": _alexnet_ops,
+    "none": _plain_ops,
 }
 
 
-def build_transforms(augment: str, image_size: int) -> tuple[Transform, Transform]:
-    """(train, val) transforms of recipe `augment`; ValueError listing the recipes if unknown."""
+def normalization(augment: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of recipe `augment`; ValueError listing the recipes if unknown."""
+    if augment not in NORMALIZATION:
+        raise ValueError(f"unknown augment {augment!r}; valid: {', '.join(sorted(NORMALIZATION))}")
+    return NORMALIZATION[augment]
+
+
+def build_transforms(augment: str, image_size: int, *, normalize: bool = True) -> tuple[Transform, Transform]:
+    """(train, val) transforms of recipe `augment`; ValueError listing the recipes if unknown.
+
+    Both take a PIL image or a uint8 CHW tensor and work on uint8 tensors (transforms v2), so
+    they output plain uint8 CHW tensors with normalize=False (what the trainer's loaders carry;
+    it normalises on the device) and, with normalize=True, float32 tensors normalised with
+    `normalization(augment)` by the same arithmetic (ToDtype(scale=True) + Normalize).
+    """
     if augment not in AUGMENTS:
         raise ValueError(f"unknown augment {augment!r}; valid: {', '.join(sorted(AUGMENTS))}")
-    return AUGMENTS[augment](image_size)
+    train_ops, val_ops = AUGMENTS[augment](image_size)
+    mean, std = NORMALIZATION[augment]
+    tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))] if normalize else []
+    return tuple(v2.Compose([v2.ToImage(), *ops, *tail, v2.ToPureTensor()])  # type: ignore[return-value]
+                 for ops in (train_ops, val_ops))
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,18 +258,78 @@ class SeededDataset(Dataset):
         image, label = self.dataset[index]
         if self.transform is None:
             return image, label
-        seed = sample_seed(self.seed, self.epoch, index)
-        # fork_rng restores the CPU RNG; torch.default_generator (not torch.manual_seed) so that
-        # the CUDA generators are left alone when this runs in the main process (workers=0).
-        with torch.random.fork_rng(devices=[]):
-            python_state = random.getstate()
-            try:
-                torch.default_generator.manual_seed(seed)
-                random.seed(seed)
-                image = self.transform(image)
-            finally:
-                random.setstate(python_state)
-        return image, label
+        return seeded_call(self.transform, image, sample_seed(self.seed, self.epoch, index)), label
+
+
+def seeded_call(transform: Transform, image: Any, seed: int) -> Any:
+    """transform(image) with the CPU torch RNG and `random` seeded by `seed`, both restored after."""
+    # fork_rng restores the CPU RNG; torch.default_generator (not torch.manual_seed) so that
+    # the CUDA generators are left alone when this runs in the main process (workers=0).
+    with torch.random.fork_rng(devices=[]):
+        python_state = random.getstate()
+        try:
+            torch.default_generator.manual_seed(seed)
+            random.seed(seed)
+            return transform(image)
+        finally:
+            random.setstate(python_state)
+
+
+class DeferredDataset(SeededDataset):
+    """A SeededDataset of an image folder whose JPEGs are decoded and transformed later, on the
+    device, by `DeviceDecoder` (data.gpu_decode): the loader workers only read the files.
+
+    __getitem__ returns ((payload, seed), label): payload is the file's bytes (a 1-D uint8 tensor)
+    when it is an 8-bit 3-component JPEG that ends properly, else the image decoded here on the
+    CPU (uint8 CHW, where the bad_images policy applies as usual); seed is the sample's
+    `sample_seed`. Batch them with `collate_deferred`.
+    """
+
+    def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, int], int]:  # type: ignore[override]
+        payload, label = self.dataset.load_encoded(index)  # type: ignore[attr-defined]
+        return (payload, sample_seed(self.seed, self.epoch, index)), label
+
+
+def collate_deferred(batch: list[tuple[tuple[torch.Tensor, int], int]]) -> tuple[tuple[list[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """DeferredDataset samples -> ((payloads, int64 seeds), int64 labels)."""
+    payloads = [payload for (payload, _), _ in batch]
+    seeds = torch.tensor([seed for (_, seed), _ in batch], dtype=torch.int64)
+    return (payloads, seeds), torch.tensor([label for _, label in batch], dtype=torch.int64)
+
+
+class DeviceDecoder:
+    """Decodes a `collate_deferred` batch on `device` (nvJPEG on CUDA, batched) and applies each
+    sample's transform there with the sample's seed: the same augmentation parameters as
+    SeededDataset would draw, so the batch is the per-sample pipeline's up to decoder rounding.
+
+    A batch the device decoder rejects is decoded again on the CPU (PIL fallback included); a file
+    that fails there too raises DataError (set data.gpu_decode=false to have it named or skipped).
+    """
+
+    def __init__(self, transform: Transform, device: torch.device | str) -> None:
+        self.transform = transform
+        self.device = torch.device(device)
+
+    def __call__(self, images: tuple[list[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        payloads, seeds = images
+        decoded = list(payloads)
+        encoded = [i for i, payload in enumerate(payloads) if payload.dim() == 1]
+        if encoded:
+            for i, image in zip(encoded, self._decode([payloads[i] for i in encoded])):
+                decoded[i] = image
+        return torch.stack([seeded_call(self.transform, image.to(self.device, non_blocking=True), seed)
+                            for image, seed in zip(decoded, seeds.tolist())])
+
+    def _decode(self, encoded: list[torch.Tensor]) -> list[torch.Tensor]:
+        try:
+            return _decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:
+            pass
+        try:
+            return [_decode_bytes(bytes(e.cpu().numpy())) for e in encoded]
+        except _DECODE_ERRORS as err:
+            raise _fail(f"cannot decode an image of this batch ({type(err).__name__}: {err}): set "
+                        "data.gpu_decode=false to have the file named (or skipped with data.bad_images=skip)") from err
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,10 +447,69 @@ class _SharedCounter:
             self._value = _SHARED_CONTEXT.Value("q", state["snapshot"])
 
 
-def _load_rgb(path: str) -> Image.Image:
-    """Decode an image file fully into an RGB PIL image (raises on corrupt files)."""
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_JPEG_END = b"\xff\xd9"
+_DEVICE_JPEG_FRAMES = (0xC0, 0xC1, 0xC2)  # baseline, extended, progressive Huffman: what nvJPEG takes
+
+
+def _decode_jpeg(data: Any, *, mode: ImageReadMode = ImageReadMode.UNCHANGED, device: Any = "cpu") -> Any:
+    """torchvision.io.decode_jpeg (one tensor or a list) without its deprecation warning.
+
+    torchvision 0.29 deprecates its decoders in favour of TorchCodec; the function is unchanged.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torchvision.io.decode_jpeg(data, mode=mode, device=device)
+
+
+def _decode_bytes(encoded: bytes) -> torch.Tensor:
+    """An image file's bytes -> RGB uint8 tensor (3, H, W); raises OSError etc. if it is corrupt.
+
+    3-component JPEGs go through torchvision.io.decode_jpeg (libjpeg-turbo straight into a tensor,
+    about 1.3x faster than PIL + conversion); anything else (PNG, grayscale or CMYK JPEG, a JPEG
+    decode_jpeg rejects) through PIL as before, which also gives a corrupt file's error.
+    """
+    if encoded.startswith(_JPEG_MAGIC):
+        try:
+            image = _decode_jpeg(torch.frombuffer(bytearray(encoded), dtype=torch.uint8))
+        except RuntimeError:  # truncated, corrupt or exotic: PIL decides
+            image = None
+        if image is not None and image.shape[0] == 3:
+            return image
+    with Image.open(io.BytesIO(encoded)) as pil:
+        return v2.functional.pil_to_tensor(pil.convert("RGB"))
+
+
+def _load_rgb(path: str) -> torch.Tensor:
+    """Decode an image file fully into an RGB uint8 tensor (3, H, W) (raises on corrupt files)."""
     with open(path, "rb") as f:
-        return Image.open(f).convert("RGB")
+        return _decode_bytes(f.read())
+
+
+def _jpeg_frame(encoded: bytes) -> tuple[int, int, int]:
+    """(SOF marker, bits per sample, components) of a JPEG's frame header; zeros if not found."""
+    i = 2
+    while i + 9 < len(encoded) and encoded[i] == 0xFF:
+        marker = encoded[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn, not DHT/JPG/DAC
+            return marker, encoded[i + 4], encoded[i + 9]
+        if marker == 0xDA:  # scan data before a frame header
+            break
+        i += 2 + int.from_bytes(encoded[i + 2:i + 4], "big")
+    return 0, 0, 0
+
+
+def _load_encoded(path: str) -> torch.Tensor:
+    """The file's bytes (1-D uint8) if a device decoder can take them, else the CPU-decoded image."""
+    with open(path, "rb") as f:
+        encoded = f.read()
+    marker, bits, components = _jpeg_frame(encoded) if encoded.startswith(_JPEG_MAGIC) else (0, 0, 0)
+    if marker in _DEVICE_JPEG_FRAMES and bits == 8 and components == 3 and encoded.rstrip(b"\0").endswith(_JPEG_END):
+        return torch.frombuffer(bytearray(encoded), dtype=torch.uint8)
+    return _decode_bytes(encoded)  # also what raises for a truncated or unreadable file
 
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -377,9 +518,9 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError
 class CheckedImageFolder(torchvision.datasets.ImageFolder):
     """ImageFolder that turns an unreadable image into a UserError ("fail") or skips it ("skip").
 
-    With "skip", the sample is replaced by the next readable one (index + 1, wrapping) and
-    `num_skipped` counts the replacements, summed over DataLoader workers (a file read in two
-    epochs counts twice).
+    Images are uint8 CHW tensors (decode_jpeg for JPEGs, PIL for the rest). With "skip", the
+    sample is replaced by the next readable one (index + 1, wrapping) and `num_skipped` counts
+    the replacements, summed over DataLoader workers (a file read in two epochs counts twice).
     """
 
     def __init__(self, root: str, *, bad_images: str = "fail") -> None:
@@ -394,17 +535,24 @@ class CheckedImageFolder(torchvision.datasets.ImageFolder):
         """Number of unreadable images replaced so far (over all workers)."""
         return self._skipped.value
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self._read(index, self.loader)
+
+    def load_encoded(self, index: int) -> tuple[torch.Tensor, int]:
+        """(payload, label) for DeferredDataset: the encoded JPEG, or the image decoded on the CPU."""
+        return self._read(index, _load_encoded)
+
+    def _read(self, index: int, load: Callable[[str], torch.Tensor]) -> tuple[torch.Tensor, int]:
         for attempt in range(len(self.samples)):
             path, label = self.samples[(index + attempt) % len(self.samples)]
             try:
-                return self.loader(path), label
+                return load(path), label
             except _DECODE_ERRORS as err:
                 if self.bad_images == "fail":
                     raise _fail(f"cannot read image {path} ({type(err).__name__}: {err}): "
                                 "delete or replace the file, or set data.bad_images=skip") from err
                 self._skipped.add()
-                warnings.warn(f"skipping unreadable image {path}: {err}", stacklevel=2)
+                warnings.warn(f"skipping unreadable image {path}: {err}", stacklevel=3)
         raise _fail(f"no readable image under {self.root}: check the files")
 
 
@@ -548,6 +696,7 @@ DATASETS: dict[str, Callable[[_Request], tuple[Dataset, Dataset, int]]] = {
     "fake": _build_fake,
     "digits": _build_digits,
 }
+IMAGE_FOLDER_DATASETS = ("imagefolder", "imagenet")
 
 
 def build_datasets(
@@ -562,9 +711,15 @@ def build_datasets(
     download: bool = True,
     seed: int = 0,
     bad_images: str = "fail",
+    normalize: bool = True,
+    deferred: bool = False,
 ) -> tuple[SeededDataset, SeededDataset, int]:
     """(train, val, num_classes), both wrapped in SeededDataset with the `augment` recipe.
 
+    Samples are (normalised float32 CHW tensor, int label), or with normalize=False (what the
+    trainer uses) (uint8 CHW tensor, int label), to be normalised on the device with
+    `normalization(augment)` (engine.prefetch). deferred=True (image folders only) returns
+    DeferredDatasets whose decoding and transforms run on the device (DeviceDecoder).
     num_train/num_val only apply to "fake"; for the others a num_classes that differs from
     the data raises UserError. bad_images ("fail"/"skip") only applies to image folders.
     """
@@ -572,13 +727,15 @@ def build_datasets(
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
     if bad_images not in BAD_IMAGE_POLICIES:
         raise ValueError(f"unknown bad_images {bad_images!r}; valid: {', '.join(BAD_IMAGE_POLICIES)}")
-    train_tf, val_tf = build_transforms(augment, image_size)
+    if deferred and name not in IMAGE_FOLDER_DATASETS:
+        raise ValueError(f"device decoding (gpu_decode) only applies to JPEG folders ({', '.join(IMAGE_FOLDER_DATASETS)}), not {name!r}")
+    train_tf, val_tf = build_transforms(augment, image_size, normalize=normalize and not deferred)
     request = _Request(root=root, image_size=image_size, num_classes=num_classes,
                        num_train=num_train, num_val=num_val, download=download, seed=seed,
                        bad_images=bad_images)
     train, val, found_classes = DATASETS[name](request)
-    return (SeededDataset(train, train_tf, seed=seed), SeededDataset(val, val_tf, seed=seed),
-            found_classes)
+    wrap = DeferredDataset if deferred else SeededDataset
+    return wrap(train, train_tf, seed=seed), wrap(val, val_tf, seed=seed), found_classes
 
 
 # --------------------------------------------------------------------------------------------
@@ -712,7 +869,16 @@ class EvalSampler(Sampler[int]):
 # --------------------------------------------------------------------------------------------
 
 def _seed_worker(worker_id: int) -> None:
-    """Seed numpy and `random` in a worker from its torch seed (set by the loader's generator)."""
+    """Seed numpy and `random` in a worker from its torch seed (set by the loader's generator).
+
+    Also ignore the trainer's stop signals: SLURM sends them (preemption: SIGTERM; time limit:
+    SIGUSR2) to every process of the job, and a loader worker killed by one makes PyTorch's SIGCHLD
+    handler fail the trainer in the middle of its step instead of letting it save last.pth. The
+    trainer ends its workers itself.
+    """
+    for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None), getattr(signal, "SIGUSR2", None)):
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -752,14 +918,19 @@ def build_loader(
         persistent_workers=False,
         worker_init_fn=_seed_worker if workers > 0 else None,
         generator=torch.Generator().manual_seed(_mix(_EPOCH_TAG, seed, 0)),
+        collate_fn=collate_deferred if isinstance(dataset, DeferredDataset) else None,
     )
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
+def set_epoch(loader: Any, epoch: int) -> None:
     """Set the epoch of the loader's sampler, its SeededDataset and its worker-seed generator.
 
-    Call before iterating the loader for that epoch.
+    Call before iterating the loader for that epoch. Loaders with their own `set_epoch`
+    (DeviceLoader, engine.prefetch.DevicePrefetcher) are handed the call.
     """
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+        return
     sampler, dataset = loader.sampler, loader.dataset
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
@@ -767,3 +938,157 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
         dataset.set_epoch(epoch)
     if loader.generator is not None:  # worker seeds then depend on (seed, epoch) only
         loader.generator.manual_seed(_mix(_EPOCH_TAG, getattr(sampler, "seed", 0), epoch))
+
+
+# --------------------------------------------------------------------------------------------
+# Whole data sets on the device (data.on_device)
+# --------------------------------------------------------------------------------------------
+
+DEVICE_DATASETS = ("cifar10", "cifar100", "digits", "fake")
+# recipe -> the zero padding of its random crop (followed by a random horizontal flip); None: no augmentation
+DEVICE_AUGMENTS: dict[str, int | None] = {"cifar": 4, "none": None}
+_DEVICE_AUG_TAG = 5
+
+
+def crop_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
+    """Per sample: zero-pad by `padding`, crop the original size at (top, left) = shifts[i] and
+    mirror where flips[i], as v2.RandomCrop(size, padding) + RandomHorizontalFlip do with those
+    parameters, in one gather on the images' device. uint8 (N, H, W, C) in, (N, C, H, W) out (a
+    view with channels-last strides).
+    """
+    n, h, w, _ = images.shape
+    padded = F.pad(images, (0, 0, padding, padding, padding, padding))
+    x = torch.arange(w, device=images.device)
+    rows = shifts[:, :1] + torch.arange(h, device=images.device)  # (n, h)
+    cols = shifts[:, 1:] + torch.where(flips[:, None], w - 1 - x, x)  # (n, w), mirrored where flipped
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+class DeviceLoader:
+    """Batches of a uint8 data set held whole on its device, augmented per batch with tensor ops.
+
+    Stands in for build_loader's DataLoader without worker processes: the same samplers, so the
+    same indices per batch and rank, `len`, `sampler.set_start_batch` for mid-epoch resume. Yields
+    (uint8 (B, 3, H, W), int64 (B,)) on the device. With `padding` (train), sample i's crop offsets
+    and flip in epoch e are drawn for the whole data set from a CPU generator seeded by
+    (seed, e), so they depend on (seed, e, i) only: not on the batch, the rank count or where a
+    resumed epoch restarts. (They are not the draws of the per-sample pipeline, only the same
+    distribution.)
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        sampler: Sampler[int],
+        batch_size: int,
+        padding: int | None,
+        seed: int,
+        dataset: Any = None,
+    ) -> None:
+        self.images = images  # (N, H, W, C) uint8
+        self.labels = labels
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.padding = padding
+        self.seed = seed
+        self.dataset = dataset  # the SeededDataset it was made from (num_skipped, len)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's order and augmentation (call before iterating, like data.set_epoch)."""
+        self.epoch = epoch
+        for part in (self.sampler, self.dataset):
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # Not a generator function: the sampler's start batch is consumed when iter() is called.
+        order = torch.as_tensor(list(self.sampler), dtype=torch.int64)
+        return self._batches(order, self._draw())
+
+    def _draw(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This epoch's (top, left) offsets and flips of every sample (one host-to-device copy)."""
+        if self.padding is None:
+            return None
+        n, device = len(self.images), self.images.device
+        generator = torch.Generator().manual_seed(_mix(_DEVICE_AUG_TAG, self.seed, self.epoch))
+        shifts = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator)
+        flips = torch.rand(n, generator=generator) < 0.5
+        return shifts.to(device), flips.to(device)
+
+    def _batches(self, order: torch.Tensor, params: tuple[torch.Tensor, torch.Tensor] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        count, order = len(order), order.to(self.images.device)
+        for start in range(0, count, self.batch_size):
+            index = order[start:start + self.batch_size]
+            images = self.images[index]
+            if params is None:
+                images = images.permute(0, 3, 1, 2)
+            else:
+                images = crop_flip(images, params[0][index], params[1][index], self.padding)  # type: ignore[arg-type]
+            yield images, self.labels[index]
+
+
+def _uint8_images(dataset: SeededDataset, augment: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of the wrapped data set as uint8 (N, H, W, 3) (after the recipe's deterministic
+    eval ops, i.e. a resize for "none" when the size differs) and the int64 labels."""
+    source = dataset.dataset
+    if isinstance(source, ArrayImages):  # digits
+        images = torch.from_numpy(np.ascontiguousarray(source.images))
+        labels = torch.as_tensor(np.asarray(source.labels), dtype=torch.int64)
+    elif isinstance(getattr(source, "data", None), np.ndarray) and hasattr(source, "targets"):  # torchvision CIFAR
+        images = torch.from_numpy(np.ascontiguousarray(source.data))
+        labels = torch.as_tensor(source.targets, dtype=torch.int64)
+    elif isinstance(source, FakeImages):
+        pairs = [source[i] for i in range(len(source))]
+        images = torch.from_numpy(np.stack([np.asarray(image) for image, _ in pairs]))
+        labels = torch.tensor([label for _, label in pairs], dtype=torch.int64)
+    else:
+        raise _fail(f"data.on_device=true holds the whole data set on the device: only for "
+                    f"{', '.join(DEVICE_DATASETS)}, not image folders; set data.on_device=false")
+    height, width = images.shape[1:3]
+    if (height, width) != (image_size, image_size):
+        if DEVICE_AUGMENTS[augment] is not None:
+            raise _fail(f"data.on_device=true crops at the stored size {height}x{width}, not data.image_size="
+                        f"{image_size}: set data.image_size={height} or data.on_device=false")
+        _, resize = build_transforms(augment, image_size, normalize=False)
+        images = torch.stack([resize(image.permute(2, 0, 1)) for image in images]).permute(0, 2, 3, 1)
+    return images.contiguous(), labels
+
+
+def build_device_loader(
+    dataset: SeededDataset,
+    *,
+    device: torch.device | str,
+    augment: str,
+    image_size: int,
+    batch_size: int,
+    train: bool,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    drop_last: bool = True,
+) -> DeviceLoader:
+    """A DeviceLoader over this rank's share of `dataset` (CIFAR, digits, fake) copied to `device`.
+
+    Samplers as in build_loader; train batches get the random crop + flip of recipe "cifar"
+    (padding 4) on the device, eval batches and recipe "none" none. UserError for other
+    recipes and for image folders.
+    """
+    if augment not in DEVICE_AUGMENTS:
+        raise _fail(f"data.on_device=true augments like augment={' or '.join(DEVICE_AUGMENTS)} only, "
+                    f"not augment={augment}: set data.on_device=false")
+    images, labels = _uint8_images(dataset, augment, image_size)
+    sampler: Sampler[int]
+    if train:
+        sampler = TrainSampler(len(images), batch_size_per_rank=batch_size, rank=rank,
+                               world_size=world_size, seed=seed, drop_last=drop_last)
+    else:
+        sampler = EvalSampler(len(images), rank=rank, world_size=world_size)
+    return DeviceLoader(images.to(device), labels.to(device), sampler=sampler, batch_size=batch_size,
+                        padding=DEVICE_AUGMENTS[augment] if train else None, seed=seed, dataset=dataset)

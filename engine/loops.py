@@ -3,6 +3,10 @@
 Per-step work stays on the device: losses and correct counts accumulate as tensors and are read
 (`.item()`, a host sync) only at logging steps and at the end of the epoch. Counts are summed
 over ranks, so metrics are those of the whole (global) batch / dataset.
+
+The runner's loaders (engine.prefetch.DevicePrefetcher) already yield normalised float32 batches
+on the device, channels-last when asked, the next one copied while this step computes; the
+`.to(device)` / `.contiguous(channels_last)` below are then no-ops, kept for plain loaders.
 """
 from __future__ import annotations
 
