@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+import multiprocessing
 import pickle
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +232,34 @@ def test_truncated_jpeg_follows_the_bad_images_policy_on_both_paths(tmp_path):
         with pytest.warns(UserWarning, match="skipping unreadable image"):
             _, label = skipping[3]
         assert label == 1 and skipping.num_skipped == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Loader workers and stop signals
+# --------------------------------------------------------------------------------------------
+
+def _wait_ignoring_stop_signals(ready) -> None:
+    data._ignore_stop_signals()
+    ready.set()
+    time.sleep(60)
+
+
+@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo"), reason="sigwaitinfo is Linux-only")
+def test_worker_ignores_sigterm_from_others_but_not_from_its_parent():
+    """SLURM's job-wide SIGTERM/SIGUSR2 must not kill a loader worker, the trainer's SIGTERM must
+    (multiprocessing's exit handler terminates, then joins, leftover workers: it would hang)."""
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    worker = ctx.Process(target=_wait_ignoring_stop_signals, args=(ready,), daemon=True)
+    worker.start()
+    assert ready.wait(30)
+    for sig in ("TERM", "USR1", "USR2"):  # sent by another process, as slurmstepd does
+        subprocess.run(["kill", f"-{sig}", str(worker.pid)], check=True)
+    time.sleep(0.5)
+    assert worker.is_alive()
+    worker.terminate()  # SIGTERM from the parent
+    worker.join(10)
+    assert worker.exitcode == -signal.SIGTERM
 
 
 # --------------------------------------------------------------------------------------------
