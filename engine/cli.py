@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from networks.registry import SIMAM_CIFAR_NAMES
+
 from .errors import EXIT_USER_ERROR, UserError
 
 __all__ = ["CONFIG_DIR", "main", "translate_argv"]
@@ -29,14 +31,6 @@ _HYDRA_FLAGS = {
     "--config-dir": 1, "-cd": 1, "--shell-completion": 0, "-sc": 1, "--run": 0, "-r": 0, "--version": 0,
 }
 
-# names of the SimAM code's CIFAR script -> registry names
-_CIFAR_ARCHS = {
-    "resnet20": "cifar_resnet20", "resnet32": "cifar_resnet32", "resnet56": "cifar_resnet56", "resnet110": "cifar_resnet110",
-    "resnet164": "cifar_resnet164", "preresnet20": "cifar_preresnet20", "preresnet32": "cifar_preresnet32",
-    "preresnet56": "cifar_preresnet56", "preresnet110": "cifar_preresnet110", "preresnet164": "cifar_preresnet164",
-    "wideresnet28x10": "cifar_wrn28_10", "wideresnet40x10": "cifar_wrn40_10", "wideresnet16x8": "cifar_wrn16_8",
-    "mobilenetv2": "cifar_mobilenetv2",
-}
 _BLOCKS = {"basic": "basic", "bottleneck": "bottleneck", "bottlenect": "bottleneck"}
 
 
@@ -79,7 +73,7 @@ def _parse_gpu_ids(v: str) -> list[int]:
 
 
 def _cifar_arch(v: str, ctx: dict) -> list[str]:
-    return [f"model.arch={_CIFAR_ARCHS.get(v, v)}"]
+    return [f"model.arch={SIMAM_CIFAR_NAMES.get(v, v)}"]
 
 
 def _block(v: str, ctx: dict) -> list[str]:

@@ -21,21 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
+from networks.registry import SIMAM_CIFAR_NAMES
+
 __all__ = [
     "NORMALISATION", "Published", "Run", "ReportError", "checkpoint_meta", "class_names", "config_num_classes",
     "default_paper_dir", "find_run_dirs", "group_items", "load_checkpoint_model", "load_run", "lookup_published",
-    "mean_std", "model_from_config", "paper_arch_name", "plain_simam", "read_published", "recipe_text",
+    "mean_std", "model_from_config", "paper_arch_name", "plain_simam", "read_paper_csv", "read_published", "recipe_text",
     "resolve_data_root", "schedule_text", "unnormalise", "val_dataset",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
 
 # registry name -> the arch column of shared/paper/cifar.csv and params.csv (the original script's names)
-_CIFAR_PAPER_ARCHS = {
-    "cifar_wrn28_10": "wideresnet28x10",
-    "cifar_wrn40_10": "wideresnet40x10",
-    "cifar_wrn16_8": "wideresnet16x8",
-}
+_CIFAR_PAPER_ARCHS = {name: simam for simam, name in SIMAM_CIFAR_NAMES.items()}
 
 # augment recipe of engine.data -> the (mean, std) its transforms normalise with (engine.data.normalization
 # where it exists; this copy for older versions of engine.data)
@@ -310,7 +308,8 @@ def paper_arch_name(dataset: str, arch: str) -> str:
     return arch
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
+def read_paper_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a csv file of shared/paper, without '#' comment lines; [] if it does not exist."""
     if not path.is_file():
         return []
     with open(path, newline="") as f:
@@ -328,12 +327,12 @@ def read_published(paper_dir: os.PathLike | str) -> dict[tuple[str, str, str], P
     """{(dataset, paper arch, attention): Published} from cifar.csv and imagenet.csv (missing files: empty)."""
     paper_dir = Path(paper_dir)
     table: dict[tuple[str, str, str], Published] = {}
-    for row in _rows(paper_dir / "cifar.csv"):
+    for row in read_paper_csv(paper_dir / "cifar.csv"):
         top1 = _float(row.get("top1"))
         if top1 is not None:
             table[(row["dataset"], row["arch"], row["attention"])] = Published(
                 top1, _float(row.get("top5")), row.get("attention_param", ""), f"{row.get('source', '')}; runs: {row.get('runs', '')}", "cifar.csv")
-    for row in _rows(paper_dir / "imagenet.csv"):
+    for row in read_paper_csv(paper_dir / "imagenet.csv"):
         top1 = _float(row.get("top1"))
         if top1 is not None:
             table[("imagenet", row["arch"], row["attention"])] = Published(

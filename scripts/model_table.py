@@ -31,18 +31,10 @@ import torch  # noqa: E402
 
 import networks  # noqa: E402
 from networks.attention import get_attn_layer  # noqa: E402
+from engine.reporting import read_paper_csv  # noqa: E402
 from networks.profile import profile_model  # noqa: E402
+from networks.registry import SIMAM_CIFAR_NAMES  # noqa: E402
 
-# csv (dataset, arch) -> registry name, for the CIFAR names of params.csv / cifar.csv
-CIFAR_ARCHS = {
-    "resnet20": "cifar_resnet20",
-    "resnet56": "cifar_resnet56",
-    "resnet110": "cifar_resnet110",
-    "resnet164": "cifar_resnet164",
-    "preresnet56": "cifar_preresnet56",
-    "mobilenetv2": "cifar_mobilenetv2",
-    "wideresnet28x10": "cifar_wrn28_10",
-}
 COLUMNS = ["arch", "attention", "params_M", "paper_params_M", "d_params_M", "macs_thop_G", "paper_flops_G", "d_macs_G", "macs_G"]
 HEADERS = ["arch", "attention", "params (M)", "paper params (M)", "params diff", "thop MACs (G)", "paper FLOPs (G)", "MACs diff", "MACs incl. attention (G)"]
 
@@ -107,16 +99,8 @@ def find_shared() -> Optional[Path]:
     return None
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a csv file, without '#' comment lines; [] if it does not exist."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(line for line in f if not line.startswith("#")))
-
-
 def registry_name(dataset: str, arch: str) -> str:
-    return CIFAR_ARCHS.get(arch, arch) if dataset.startswith("cifar") else arch
+    return SIMAM_CIFAR_NAMES.get(arch, arch) if dataset.startswith("cifar") else arch
 
 
 def published(shared: Optional[Path]) -> tuple[dict, dict]:
@@ -129,13 +113,13 @@ def published(shared: Optional[Path]) -> tuple[dict, dict]:
     if shared is None:
         return params, flops
     paper = shared / "paper"
-    for row in read_csv(paper / "cifar.csv"):
+    for row in read_paper_csv(paper / "cifar.csv"):
         params.setdefault((registry_name(row["dataset"], row["arch"]), row["attention"]), row["params_M"])
-    for row in read_csv(paper / "imagenet.csv"):
+    for row in read_paper_csv(paper / "imagenet.csv"):
         params[(row["arch"], row["attention"])] = row["params_M"]
         if row.get("flops_G"):
             flops[(row["arch"], row["attention"])] = row["flops_G"]
-    for row in read_csv(paper / "params.csv"):
+    for row in read_paper_csv(paper / "params.csv"):
         name = registry_name(row["dataset"], row["arch"])
         for column, value in row.items():
             if column not in ("dataset", "arch", "block") and value:

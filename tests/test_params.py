@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import networks
+from networks.registry import SIMAM_CIFAR_NAMES
 from networks.profile import profile_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -48,15 +49,7 @@ def read_csv(name: str) -> list[dict[str, str]]:
 
 
 # csv arch name -> registry name (the imagenet names are the registry's)
-CIFAR_ARCHS = {
-    "resnet20": "cifar_resnet20",
-    "resnet56": "cifar_resnet56",
-    "resnet110": "cifar_resnet110",
-    "resnet164": "cifar_resnet164",
-    "preresnet56": "cifar_preresnet56",
-    "mobilenetv2": "cifar_mobilenetv2",
-    "wideresnet28x10": "cifar_wrn28_10",
-}
+CIFAR_ARCHS = SIMAM_CIFAR_NAMES
 # csv block column -> the `block` option of the CIFAR (pre)ResNets; other blocks have no option
 CIFAR_BLOCKS = {"basic": "basic", "prebasic": "basic", "bottleneck": "bottleneck"}
 # params.csv column -> (attention, attention_kwargs)
