@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import inspect
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import torch  # noqa: E402
 
 import networks  # noqa: E402
 from networks.attention import get_attn_layer  # noqa: E402
-from engine.reporting import read_paper_csv  # noqa: E402
+from engine.reporting import default_paper_dir, read_paper_csv  # noqa: E402
 from networks.profile import profile_model  # noqa: E402
 from networks.registry import SIMAM_CIFAR_NAMES  # noqa: E402
 
@@ -91,28 +90,25 @@ def parse_archs(text: Optional[str], dataset: str) -> list[str]:
     return archs
 
 
-def find_shared() -> Optional[Path]:
-    """shared/ beside the repository, else $SIMAM_SHARED."""
-    for candidate in (REPO.parent / "shared", os.environ.get("SIMAM_SHARED")):
-        if candidate and (Path(candidate) / "paper").is_dir():
-            return Path(candidate)
-    return None
+def find_paper_dir() -> Optional[Path]:
+    """The folder of the published csv files (engine.reporting.default_paper_dir), if it exists."""
+    paper = default_paper_dir()
+    return paper if paper.is_dir() else None
 
 
 def registry_name(dataset: str, arch: str) -> str:
     return SIMAM_CIFAR_NAMES.get(arch, arch) if dataset.startswith("cifar") else arch
 
 
-def published(shared: Optional[Path]) -> tuple[dict, dict]:
+def published(paper: Optional[Path]) -> tuple[dict, dict]:
     """({(registry name, params.csv column): params_M string}, {(registry name, attention): flops_G string}).
 
     params.csv (4 decimals) wins over imagenet.csv (2 decimals) and cifar.csv.
     """
     params: dict[tuple[str, str], str] = {}
     flops: dict[tuple[str, str], str] = {}
-    if shared is None:
+    if paper is None:
         return params, flops
-    paper = shared / "paper"
     for row in read_paper_csv(paper / "cifar.csv"):
         params.setdefault((registry_name(row["dataset"], row["arch"]), row["attention"]), row["params_M"])
     for row in read_paper_csv(paper / "imagenet.csv"):
@@ -151,9 +147,9 @@ def diff(ours: float, paper: Optional[str]) -> str:
     return f"{d:+.{decimals}f}"
 
 
-def table_rows(archs: list[str], specs: list[AttentionSpec], device: str, shared: Optional[Path], mac_decimals: int = 4) -> list[dict[str, str]]:
+def table_rows(archs: list[str], specs: list[AttentionSpec], device: str, paper: Optional[Path], mac_decimals: int = 4) -> list[dict[str, str]]:
     """The table's cells as strings (plus the raw integer counts, for the csv)."""
-    paper_params, paper_flops = published(shared)
+    paper_params, paper_flops = published(paper)
     rows = []
     for arch in archs:
         for spec in specs:
@@ -191,10 +187,10 @@ def format_markdown(rows: list[dict[str, str]]) -> str:
     return "\n".join(out + ["| " + " | ".join(r[c] for c in COLUMNS) + " |" for r in rows])
 
 
-def footnote(device: str, shared: Optional[Path]) -> str:
+def footnote(device: str, paper: Optional[Path]) -> str:
     import thop
 
-    source = f"{shared}/paper/params.csv, imagenet.csv, cifar.csv" if shared else "not found (shared/ beside the repository or $SIMAM_SHARED)"
+    source = f"{paper}/params.csv, imagenet.csv, cifar.csv" if paper else "not found (shared/paper beside the repository, or set $SIMAM_PAPER_DIR)"
     return (
         "Counted at batch 1 on each model's input size and head from networks.model_info (CIFAR 32x32/100 classes, "
         f"ImageNet 224x224/1000, AlexNet 128x128/10; {device} device). thop MACs: multiply-accumulates by thop {getattr(thop, '__version__', '?')} rules (convs, linears, BN, "
@@ -225,12 +221,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"model_table.py: error: {e}", file=sys.stderr)
         return 2
 
-    shared = find_shared()
+    paper = find_paper_dir()
     # CIFAR networks have tens of MMACs: more decimals so that the attention's work shows
-    rows = table_rows(archs, specs, args.device, shared, mac_decimals=4 if args.dataset == "imagenet" else 6)
+    rows = table_rows(archs, specs, args.device, paper, mac_decimals=4 if args.dataset == "imagenet" else 6)
     print(format_markdown(rows) if args.markdown else format_text(rows))
     print()
-    print(footnote(args.device, shared))
+    print(footnote(args.device, paper))
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS + ["params", "macs_thop", "macs"])

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import networks
+from engine.reporting import default_paper_dir
 from networks.registry import SIMAM_CIFAR_NAMES
 from networks.profile import profile_model
 
@@ -26,25 +27,23 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def shared_dir() -> Path | None:
-    """shared/ beside the repository (/work/shared), else $SIMAM_SHARED."""
-    for candidate in (Path(__file__).resolve().parents[2] / "shared", os.environ.get("SIMAM_SHARED")):
-        if candidate and (Path(candidate) / "paper" / "params.csv").is_file():
-            return Path(candidate)
-    return None
+def paper_dir() -> Path | None:
+    """shared/paper beside the repository, or $SIMAM_PAPER_DIR (as the scripts find it)."""
+    paper = default_paper_dir()
+    return paper if (paper / "params.csv").is_file() else None
 
 
-SHARED = shared_dir()
+PAPER = paper_dir()
 needs_shared = pytest.mark.skipif(
-    SHARED is None, reason="shared/paper/params.csv not found beside the repository; set SIMAM_SHARED=/path/to/shared"
+    PAPER is None, reason="shared/paper/params.csv not found beside the repository; set SIMAM_PAPER_DIR=/path/to/shared/paper"
 )
 
 
 def read_csv(name: str) -> list[dict[str, str]]:
     """Rows of shared/paper/<name>, without its '#' comment lines; [] when shared/ is missing."""
-    if SHARED is None:
+    if PAPER is None:
         return []
-    with open(SHARED / "paper" / name, newline="") as f:
+    with open(PAPER / name, newline="") as f:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
@@ -176,8 +175,8 @@ def test_resnet50_simam_macs(resnet50_profiles):
 
 def run_table(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
-    if SHARED is not None:
-        env["SIMAM_SHARED"] = str(SHARED)
+    if PAPER is not None:
+        env["SIMAM_PAPER_DIR"] = str(PAPER)
     return subprocess.run(
         [sys.executable, str(REPO / "scripts" / "model_table.py"), *args],
         cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
@@ -220,7 +219,7 @@ def test_model_table_csv_and_markdown(tmp_path, capsys):
     assert [(r["arch"], r["attention"]) for r in rows] == [("cifar_resnet20", "simam"), ("cifar_resnet20", "se_r4")]
     assert rows[0]["params_M"] == f"{count_params('cifar_resnet20', 100, 'simam', {}) / 1e6:.4f}"
     assert rows[1]["params_M"] == f"{count_params('cifar_resnet20', 100, 'se', {'reduction': 4}) / 1e6:.4f}"
-    if SHARED is not None:
+    if PAPER is not None:
         assert rows[1]["paper_params_M"] == "0.2864" and rows[1]["d_params_M"] == "+0.0000"
     assert int(rows[0]["macs"]) > int(rows[0]["macs_thop"])  # SimAM's elementwise work
 
