@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 from networks.registry import SIMAM_CIFAR_NAMES
 
 __all__ = [
-    "NORMALISATION", "Published", "Run", "ReportError", "checkpoint_meta", "class_names", "config_num_classes",
+    "Published", "Run", "ReportError", "checkpoint_meta", "class_names", "config_num_classes",
     "default_paper_dir", "find_run_dirs", "group_items", "load_checkpoint_model", "load_run", "lookup_published",
     "mean_std", "model_from_config", "paper_arch_name", "plain_simam", "read_paper_csv", "read_published", "recipe_text",
     "resolve_data_root", "schedule_text", "unnormalise", "val_dataset",
@@ -34,15 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 # registry name -> the arch column of shared/paper/cifar.csv and params.csv (the original script's names)
 _CIFAR_PAPER_ARCHS = {name: simam for simam, name in SIMAM_CIFAR_NAMES.items()}
-
-# augment recipe of engine.data -> the (mean, std) its transforms normalise with (engine.data.normalization
-# where it exists; this copy for older versions of engine.data)
-NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "alexnet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "none": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-}
 
 
 class ReportError(Exception):
@@ -438,10 +429,7 @@ def unnormalise(image: Any, augment: str) -> Any:
 
     from engine import data as data_lib
 
-    try:
-        mean, std = data_lib.normalization(augment)
-    except (AttributeError, ValueError):  # an engine.data without normalization(), an unknown recipe
-        mean, std = NORMALISATION.get(augment, NORMALISATION["none"])
+    mean, std = data_lib.NORMALIZATION.get(augment, data_lib.NORMALIZATION["none"])  # unknown recipe: as "none"
     x = image.detach().float().cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
     return x.clamp(0, 1).permute(1, 2, 0).numpy()
 
