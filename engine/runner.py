@@ -56,9 +56,7 @@ def run(cfg: DictConfig) -> dict:
         return train_or_evaluate(plain)
     if cfg.trainer.accelerator != "cpu" and torch.cuda.is_available() and devices > torch.cuda.device_count():
         raise UserError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPUs")
-    for key in ("batch_size", "eval_batch_size"):  # checked here too: one message, not one per process
-        if int(cfg.data[key]) % devices:
-            raise UserError(f"data.{key}={cfg.data[key]} is not divisible by the {devices} processes: use a multiple of {devices}")
+    _check_batch_split(cfg.data, devices)  # here too: one message, not one per process
     import torch.multiprocessing as mp
 
     try:
@@ -138,15 +136,20 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
     raise UserError(f"unknown schedule {s.name!r}; valid: cosine, step")
 
 
+def _check_batch_split(d: DictConfig, world_size: int) -> None:
+    """The global batch sizes must split evenly over the processes."""
+    for key in ("batch_size", "eval_batch_size"):
+        if int(d[key]) % world_size:
+            raise UserError(f"data.{key}={d[key]} is not divisible by the {world_size} processes: use a multiple of {world_size}")
+
+
 def _build_data(cfg: DictConfig, info: DistInfo) -> tuple[Any, Any, int, int]:
     """(train loader or None, val loader, num_classes, training set size). The loaders carry uint8 images and
     yield them normalised on info.device (float32, channels-last with trainer.channels_last): engine.prefetch."""
     from .prefetch import DevicePrefetcher
 
     d = cfg.data
-    for key in ("batch_size", "eval_batch_size"):
-        if int(d[key]) % info.world_size:
-            raise UserError(f"data.{key}={d[key]} is not divisible by the {info.world_size} processes: use a multiple of {info.world_size}")
+    _check_batch_split(d, info.world_size)
     gpu_decode, on_device = bool(d.get("gpu_decode", False)), bool(d.get("on_device", False))
     if gpu_decode and info.device.type != "cuda":
         if info.is_main:
