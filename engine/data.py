@@ -42,10 +42,8 @@ import math
 import multiprocessing
 import os
 import random
-import signal
 import socket
 import tarfile
-import threading
 import urllib.parse
 import warnings
 from dataclasses import dataclass
@@ -62,6 +60,7 @@ from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
 from engine.errors import UserError
+from engine.signals import ignore_stop_signals_in_worker
 
 __all__ = [
     "AUGMENTS",
@@ -869,44 +868,15 @@ class EvalSampler(Sampler[int]):
 # Loaders
 # --------------------------------------------------------------------------------------------
 
-def _ignore_stop_signals() -> None:
-    """In a loader worker: ignore SIGUSR1/SIGUSR2, and SIGTERM unless the parent process sends it.
-
-    The parent must still be able to end a worker with SIGTERM: DataLoader's shutdown does when
-    a worker does not stop by itself, and multiprocessing's exit handler terminates (then joins)
-    every worker still alive when the trainer exits, e.g. those of an iterator left unfinished by
-    an exception; a worker ignoring that SIGTERM makes the trainer hang at exit. So SIGTERM is
-    blocked and a thread waits for it with sigwaitinfo, which gives the sender: from the parent
-    it kills the worker as SIGTERM would, from anyone else (SLURM's job-wide signal) it is dropped.
-    Without sigwaitinfo (not Linux) SIGTERM is ignored entirely.
-    """
-    for name in ("SIGUSR1", "SIGUSR2"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
-    if not hasattr(signal, "sigwaitinfo"):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        return
-    parent = os.getppid()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # before the thread starts: it inherits the mask
-
-    def wait_for_parent() -> None:
-        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
-            pass
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # in this thread only
-        os.kill(os.getpid(), signal.SIGTERM)  # default action: the worker ends as if never blocked
-
-    threading.Thread(target=wait_for_parent, name="sigterm-from-parent", daemon=True).start()
-
-
 def _seed_worker(worker_id: int) -> None:
     """Seed numpy and `random` in a worker from its torch seed (set by the loader's generator).
 
     Also ignore the trainer's stop signals: SLURM sends them (preemption: SIGTERM; time limit:
     SIGUSR2) to every process of the job, and a loader worker killed by one makes PyTorch's SIGCHLD
     handler fail the trainer in the middle of its step instead of letting it save last.pth. The
-    trainer ends its workers itself (see _ignore_stop_signals for SIGTERM).
+    trainer ends its workers itself (see engine.signals.ignore_stop_signals_in_worker for SIGTERM).
     """
-    _ignore_stop_signals()
+    ignore_stop_signals_in_worker()
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

@@ -12,17 +12,42 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["RunLogger", "get_logger"]
+__all__ = ["RunLogger", "get_logger", "setup_logging"]
 
 LOG = logging.getLogger("simam")
 
 
+_FORMAT = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+
+
 def get_logger() -> logging.Logger:
-    """The project's logger (Hydra configures its handlers; plain stderr otherwise)."""
-    if not LOG.handlers and not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    """The project's logger: console (stderr) until `setup_logging` adds the run's log file."""
+    if not LOG.handlers:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(_FORMAT)
+        LOG.addHandler(console)
+        LOG.propagate = False
     LOG.setLevel(logging.INFO)
     return LOG
+
+
+def setup_logging(log_file: Optional[Path], enabled: bool = True) -> logging.Logger:
+    """The same console format in every process; rank 0 (`enabled`) also appends to `log_file`.
+
+    Called once the run is validated, so a refused command never writes into a run directory.
+    Other ranks log warnings only.
+    """
+    log = get_logger()
+    for h in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+        log.removeHandler(h)
+        h.close()
+    if enabled and log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        handler.setFormatter(_FORMAT)
+        log.addHandler(handler)
+    log.setLevel(logging.INFO if enabled else logging.WARNING)
+    return log
 
 
 def _fmt_time(s: float) -> str:

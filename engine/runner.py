@@ -10,7 +10,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from networks.weights import WeightsError
 
 from . import data as data_lib
 from .checkpoint import capture_rng, load_checkpoint, prune_checkpoints, restore_rng, save_atomic
+from .signals import EXIT_PREEMPTED, StopFlag
 from .distributed import DistInfo, barrier, cleanup, convert_sync_batchnorm, init_distributed, spawn
 from .errors import EXIT_USER_ERROR, UserError
 from .logger import RunLogger, get_logger
@@ -33,7 +33,6 @@ from .loops import NonFiniteLossError, evaluate, train_one_epoch
 
 __all__ = ["EXIT_PREEMPTED", "run", "train_or_evaluate"]
 
-EXIT_PREEMPTED = 3  # exit code after a signal-triggered checkpoint (SLURM requeue / Ctrl-C)
 _AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _OPTIMIZERS = {
     "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=bool(c.nesterov)),
@@ -51,6 +50,10 @@ def _choice(table: dict, key: str, what: str) -> Any:
 def run(cfg: DictConfig) -> dict:
     """Start `trainer.devices` processes on this node (unless torchrun already did) and run."""
     plain = OmegaConf.to_container(cfg, resolve=True)  # resolved once: ranks share run_dir
+    if not plain.get("evaluate") and int(os.environ.get("RANK", "0")) == 0:  # stopgap: the run contract writes this
+        snap = Path(plain["run_dir"]) / ".hydra"
+        snap.mkdir(parents=True, exist_ok=True)
+        (snap / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     devices = int(cfg.trainer.devices)
     if "WORLD_SIZE" in os.environ or devices <= 1:
         return train_or_evaluate(plain)
@@ -183,60 +186,6 @@ def _build_data(cfg: DictConfig, info: DistInfo) -> tuple[Any, Any, int, int]:
     return loader(train_set, int(d.batch_size), train=True), val_loader, num_classes, len(train_set)
 
 
-# ---------------------------------------------------------------------------------------- signals
-class _StopFlag:
-    """Set by SIGTERM / SIGUSR1 / SIGUSR2 / SIGINT: finish the step, save last.pth, exit EXIT_PREEMPTED.
-
-    SIGUSR2 is submitit's time-limit warning (hydra/launcher=slurm, signal_delay_s before the end):
-    once last.pth is saved, `forward()` gives the signal to the handler installed before ours,
-    submitit's, which requeues the job and exits.
-
-    With several processes the ranks must stop after the same step, or the next collective
-    hangs: the flag is then agreed on (all-reduce MAX) every `every` steps, at the same steps on
-    every rank; a single process checks it after every step.
-    """
-
-    def __init__(self, info: Optional[DistInfo] = None, every: int = 1) -> None:
-        self.signum: Optional[int] = None
-        self._old: dict[int, Any] = {}
-        self._info = info
-        self._every = max(int(every), 1)
-        self._calls = 0
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None), getattr(signal, "SIGUSR2", None)):
-            if sig is not None:
-                try:
-                    self._old[sig] = signal.signal(sig, self._handle)
-                except ValueError:  # not the main thread
-                    pass
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __call__(self) -> bool:
-        if self._info is None or not self._info.distributed:
-            return self.signum is not None
-        self._calls += 1
-        if self._calls % self._every:
-            return False
-        flag = torch.tensor([float(self.signum is not None)], device=self._info.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
-
-    def restore(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    def forward(self) -> None:
-        """Call the handler that preceded ours for the signal received (submitit's requeue); may exit."""
-        old = self._old.get(self.signum) if self.signum is not None else None
-        if callable(old) and old is not signal.default_int_handler:
-            old(self.signum, None)
-
-
 # ---------------------------------------------------------------------------------------- the run
 def _resolve_resume(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
     if cfg.get("resume"):
@@ -264,8 +213,10 @@ def train_or_evaluate(plain: dict) -> dict:
 def _train_or_evaluate(cfg: DictConfig, info: DistInfo) -> dict:
     t = cfg.trainer
     run_dir = Path(cfg.run_dir)
+    from .logger import setup_logging
+
+    setup_logging(run_dir / f"{os.environ.get('SIMAM_JOB', 'main')}.log", enabled=info.is_main)
     logger = RunLogger(run_dir, enabled=info.is_main, progress=t.progress)
-    log = get_logger()
     _seed_everything(int(cfg.seed))
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark) and not cfg.evaluate
@@ -336,7 +287,7 @@ def _train_or_evaluate(cfg: DictConfig, info: DistInfo) -> dict:
             _load_model(model_without_ddp, state)
             logger.info(f"initialised from {resume_path} (weights only: not a checkpoint of this project)")
 
-    stop = _StopFlag(info, every=int(t.log_every))
+    stop = StopFlag(info, every=int(t.log_every))
     stop.install()
     epochs = int(t.epochs)
     record: dict[str, Any] = {}

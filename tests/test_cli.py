@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from clihelpers import FAKE, ROOT, assert_user_error, check_ok, metrics, run_cli, write_jpeg_folder
-from engine.cli import translate_argv
+from engine.flags import translate_argv
 from engine.errors import UserError
 
 RECIPES = Path(os.environ.get("SIMAM_PAPER_DIR", ROOT.parent / "shared" / "paper")) / "recipes.md"

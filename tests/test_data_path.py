@@ -239,7 +239,7 @@ def test_truncated_jpeg_follows_the_bad_images_policy_on_both_paths(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 def _wait_ignoring_stop_signals(ready) -> None:
-    data._ignore_stop_signals()
+    __import__("engine.signals").signals.ignore_stop_signals_in_worker()
     ready.set()
     time.sleep(60)
 

@@ -239,7 +239,7 @@ def test_unwritable_run_dir(tmp_path):
 
 
 def test_gpu_ids_beyond_the_machine(monkeypatch):
-    from engine.cli import translate_argv
+    from engine.flags import translate_argv
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(UserError, match=r"--gpu names GPU 2 but this machine has 2 \(valid ids: 0-1\)"):

@@ -88,9 +88,9 @@ def reference_run(tmp_path_factory):
 
 
 def _trainer_handles(sig: int) -> bool:
-    from engine.runner import _StopFlag
+    from engine.signals import StopFlag
 
-    flag = _StopFlag()
+    flag = StopFlag()
     flag.install()
     try:
         return signal.getsignal(sig) == flag._handle
@@ -131,7 +131,7 @@ def test_signal_saves_last_and_auto_resume_continues_exactly(tmp_path, reference
     SIGUSR2 goes, as SLURM sends it, to every process of the job: the trainer and its loader workers.
     """
     signum = getattr(signal, sig)
-    assert _trainer_handles(signum), f"engine/runner.py's _StopFlag must handle {sig}"
+    assert _trainer_handles(signum), f"engine/signals.py StopFlag must handle {sig}"
     run_dir = tmp_path / "run"
     args = TRAIN + [f"data.workers={workers}", f"hydra.run.dir={run_dir}", "trainer.auto_resume=true"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **ENV}
