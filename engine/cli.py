@@ -9,11 +9,12 @@ line on stderr and exit code 2; `--debug` or HYDRA_FULL_ERROR=1 shows the traceb
 from __future__ import annotations
 
 import os
+import secrets
 
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from .errors import EXIT_USER_ERROR, UserError
 from .flags import override_value, translate_argv
@@ -28,50 +29,23 @@ def _run_stamp() -> str:
     if "LOCAL_RANK" in os.environ:
         if run_id not in ("", "none"):
             return run_id[:8]
-        try:  # all local ranks share the torchrun agent as parent: use its start time
+        try:  # all local ranks share the torchrun agent as parent: its start time and pid
             ticks = int(Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
             btime = next(int(l.split()[1]) for l in Path("/proc/stat").read_text().splitlines() if l.startswith("btime"))
-            return time.strftime("%Y%m%d-%H%M%S", time.localtime(btime + ticks / os.sysconf("SC_CLK_TCK")))
+            start = time.localtime(btime + ticks / os.sysconf("SC_CLK_TCK"))
+            return time.strftime("%Y%m%d-%H%M%S", start) + f"-p{os.getppid()}"
         except (OSError, ValueError, IndexError, StopIteration):
             return f"ppid{os.getppid()}"
-    return time.strftime("%Y%m%d-%H%M%S")
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)  # two runs started in the same second differ
+
 
 
 def _run_dir_of_checkpoint(path: str) -> Optional[Path]:
     """`<run>/checkpoints/x.pth` of this project -> `<run>`."""
     p = Path(path).expanduser().resolve()
-    if p.parent.name == "checkpoints" and (p.parent.parent / ".hydra").is_dir():
+    if p.parent.name == "checkpoints" and ((p.parent.parent / ".hydra").is_dir() or (p.parent.parent / "metrics.jsonl").is_file()):
         return p.parent.parent
     return None
-
-
-def _prevalidate(config_name: str, overrides: list[str]) -> None:
-    """Compose the config once so that a bad override is a one-line error (Hydra prints several)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import MissingConfigException
-
-    run_dir = override_value(overrides, "hydra.run.dir")
-    overrides = [o for o in overrides if not o.startswith("hydra")]
-    if run_dir:
-        _check_creatable(Path(run_dir))
-    try:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-            compose(config_name=config_name, overrides=overrides)
-    except MissingConfigException as e:
-        group = (getattr(e, "missing_cfg_file", "") or "").split("/")[0]
-        opts = ", ".join(sorted(e.options or [])) if getattr(e, "options", None) else ""
-        if group and opts:
-            bad = override_value(overrides, group) or override_value(overrides, group.split("/")[0])
-            raise UserError(f"unknown {group} {bad!r}; valid: {opts}") from None
-        raise UserError(str(e).splitlines()[0]) from None
-    except Exception as e:  # noqa: BLE001 - Hydra/OmegaConf override errors
-        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-        msg = "; ".join(lines[:3]) if lines else type(e).__name__
-        raise UserError(f"invalid override: {msg}") from None
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def _check_creatable(path: Path) -> None:
@@ -83,60 +57,175 @@ def _check_creatable(path: Path) -> None:
         raise UserError(f"cannot create the run directory {path}: {p} is not a writable folder (set hydra.run.dir)")
 
 
+def _compose(config_name: str, overrides: list[str]) -> Any:
+    """The config as the job will see it (with the hydra node); a bad override is one line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
+
+    try:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+            return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as e:
+        raise UserError(_missing_config_message(e, overrides)) from None
+    except Exception as e:  # noqa: BLE001 - Hydra/OmegaConf override errors
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+        msg = "; ".join(lines[:2]) if lines else type(e).__name__
+        raise UserError(f"invalid override: {_hint_key_typo(msg, overrides)}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _missing_config_message(e: Any, overrides: list[str]) -> str:
+    group = (getattr(e, "missing_cfg_file", "") or "").split("/")[0]
+    options = sorted(getattr(e, "options", None) or [])
+    if not group or not options:
+        return str(e).splitlines()[0]
+    bad = override_value(overrides, group) or ""
+    try:
+        from .help import suggest
+
+        hint = suggest(bad, options)
+    except ImportError:
+        hint = ""
+    return f"unknown {group} {bad!r}{'; ' + hint if hint else ''}; valid: {', '.join(options)}"
+
+
+def _hint_key_typo(msg: str, overrides: list[str]) -> str:
+    """Hydra's 'Key X is not in struct' suggests '+X'; suggest the closest existing key instead."""
+    try:
+        from .help import suggest_key
+    except ImportError:
+        return msg
+    hint = suggest_key(msg, overrides)
+    return hint or msg
+
+
+def _resolved(cfg: Any) -> tuple[dict, Path]:
+    """(the config as a plain dict, resolved, run_dir set) and the run directory."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(str(cfg.hydra.run.dir))
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra", None)
+    plain["run_dir"] = str(run_dir)
+    plain = OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
+    return plain, run_dir
+
+
+def _entry_defaults(entry: str, overrides: list[str]) -> list[str]:
+    """main_cifar.py builds CIFAR networks: an image folder gets 32 px and CIFAR augmentation
+    unless the command says otherwise (the folder default is 224 px, 49x the compute)."""
+    data = override_value(overrides, "data")
+    if entry != "cifar" or data not in ("imagefolder", "imagenet"):
+        return []
+    extra = [f"data.{k}={v}" for k, v in (("image_size", 32), ("augment", "cifar")) if override_value(overrides, f"data.{k}") is None]
+    if extra:
+        print(f"note: main_cifar.py with data={data}: {' '.join(extra)} (CIFAR networks; override to change)", file=sys.stderr)
+    return extra
+
+
+def _checkpoint_extras(overrides: list[str]) -> list[str]:
+    """Run dir of a resumed/evaluated checkpoint, and an evaluation's identity from the checkpoint."""
+    resume = override_value(overrides, "resume")
+    extra: list[str] = []
+    if not resume:
+        return extra
+    if override_value(overrides, "hydra.run.dir") is None:
+        run_dir = _run_dir_of_checkpoint(resume)
+        if run_dir is not None:  # continue (or evaluate) in the checkpoint's own run directory
+            extra.append(f"hydra.run.dir={_quote(str(run_dir))}")
+    evaluating = (override_value(overrides, "evaluate") or "").lower() in ("true", "1", "yes")
+    if evaluating and Path(resume).expanduser().is_file():
+        from .contract import evaluation_overrides, read_meta
+
+        meta = read_meta(resume, trust=(override_value(overrides, "trust_checkpoint") or "").lower() == "true")
+        if meta and meta.get("config"):
+            classes = (meta.get("model_spec") or {}).get("num_classes")
+            extra += evaluation_overrides(meta["config"], overrides, override_value(overrides, "data") is not None, classes)
+    return extra
+
+
+def _quote(value: str) -> str:
+    return value if all(c not in value for c in " ,=[]{}:'\"\\") else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _prepare(config_name: str, entry: str, overrides: list[str]) -> list[str]:
+    """Everything that can refuse a command, before Hydra creates a run directory. Returns the
+    overrides to add (the run directory fixed, the checkpoint's identity for an evaluation)."""
+    extra = _entry_defaults(entry, overrides)
+    extra += _checkpoint_extras(overrides + extra)
+    cfg = _compose(config_name, overrides + extra)
+    plain, run_dir = _resolved(cfg)
+    try:
+        from .config_check import check_config
+    except ImportError:
+        check_config = None
+    if check_config is not None:
+        check_config(plain, entry)
+    _check_creatable(run_dir)
+    from .contract import plan_start, read_meta
+
+    trust = bool(plain.get("trust_checkpoint"))
+    plan_start(plain, run_dir, lambda p: read_meta(p, trust=trust))
+    if override_value(overrides + extra, "hydra.run.dir") is None:
+        extra.append(f"hydra.run.dir={_quote(str(run_dir))}")
+    return extra
+
+
+_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc", "--version")
+
+
 def main(config_name: str, entry: str, argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of main_cifar.py / main_imagenet.py."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ.setdefault("SIMAM_RUN_STAMP", _run_stamp())
     try:
         hydra_args, translated, debug2 = translate_argv(argv, entry)
         debug = debug or debug2
+        flags = [a for a in hydra_args if a.startswith("-")]
+        if any(f in ("--help", "-h") for f in flags) and _print_help(entry):
+            return
         if translated:
             print("original flags translated to: " + " ".join(translated), file=sys.stderr)
         overrides = translated + [a for a in hydra_args if "=" in a and not a.startswith("-")]
-        flags = [a for a in hydra_args if a.startswith("-")]
-        multirun = "-m" in flags or "--multirun" in flags
-        extra = _hydra_extras(overrides)
-        if not multirun and not any(f in flags for f in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c")):
-            _prevalidate(config_name, overrides + extra)
+        extra: list[str] = []
+        if not ("-m" in flags or "--multirun" in flags) and not any(f in _INFO_FLAGS for f in flags):
+            extra = _prepare(config_name, entry, overrides)
     except UserError as e:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR)
-    os.environ.setdefault("SIMAM_RUN_STAMP", _run_stamp())
     if debug:
         os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv = [sys.argv[0]] + translated + hydra_args + extra
     _hydra_main(config_name, debug)
 
 
-def _hydra_extras(overrides: list[str]) -> list[str]:
-    """Overrides the runner needs: the run dir of a resumed run, quiet non-zero ranks."""
-    extra: list[str] = []
-    resume = override_value(overrides, "resume")
-    evaluating = (override_value(overrides, "evaluate") or "").lower() in ("true", "1", "yes")
-    has_dir = any(o.startswith("hydra.run.dir=") for o in overrides)
-    if resume and not has_dir:
-        run_dir = _run_dir_of_checkpoint(resume)
-        if run_dir is not None:  # continue (or evaluate) in the checkpoint's own run directory
-            extra.append(f"hydra.run.dir={run_dir}")
-            if evaluating:  # keep the training run's .hydra/config.yaml
-                extra.append("hydra.output_subdir=null")
-    if int(os.environ.get("RANK", "0")) != 0:
-        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
-    return extra
+def _print_help(entry: str) -> bool:
+    try:
+        from .help import help_text
+    except ImportError:
+        return False
+    print(help_text(entry))
+    return True
 
 
 def _hydra_main(config_name: str, debug: bool) -> None:
     import hydra
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig
 
     from .runner import run
 
     @hydra.main(config_path=CONFIG_DIR, config_name=config_name, version_base=None)
     def _task(cfg: DictConfig) -> Optional[float]:
+        hc = HydraConfig.get()
         try:
-            summary = run(cfg)
+            summary = run(cfg, job=hc.job.name, overrides=list(hc.overrides.task))
         except UserError as e:
             if debug:
                 raise
