@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 from torch import nn
 
 from .attention import default_position, get_attn_layer, resolved_kwargs
+from .init import check_init
 from .cifar.mobilenetv2 import CifarMobileNetV2
 from .cifar.resnet import BasicBlock as CifarBasic
 from .cifar.resnet import Bottleneck as CifarBottleneck
@@ -76,15 +77,20 @@ def create_model(
     num_classes: int,
     attention: Optional[str] = None,
     attention_kwargs: Optional[dict[str, Any]] = None,
+    init: str = "original",
     **model_kwargs: Any,
 ) -> nn.Module:
-    """Build architecture `name` with `attention` ("none"/None, "simam", "se", "cbam", "eca", "srm", "gc")."""
+    """Build architecture `name` with `attention` ("none"/None, "simam", "se", "cbam", "eca", "srm", "gc").
+
+    `init`: "original" (what the SimAM code did for this architecture) or "kaiming"; see networks/init.py.
+    """
     model_info(name)  # raises ValueError listing the valid names
+    check_init(init)
     fn = _MODELS[name][0]
     attn_layer = get_attn_layer(attention, **dict(attention_kwargs or {}))
     model_kwargs.setdefault("attn_position", default_position(attention))
     try:
-        model = fn(num_classes=int(num_classes), attn_layer=attn_layer, **model_kwargs)
+        model = fn(num_classes=int(num_classes), attn_layer=attn_layer, init=init, **model_kwargs)
     except TypeError as e:
         if "unexpected keyword argument" not in str(e):
             raise

@@ -7,6 +7,7 @@ still exercise every stage (see `input_size`), so the whole file runs in a few m
 """
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from typing import Optional
@@ -201,3 +202,112 @@ def test_known_attention_options_are_accepted(attention: str):
 def test_unknown_model_option_raises_value_error():
     with pytest.raises(ValueError, match="resnet18"):
         networks.create_model("resnet18", num_classes=10, bogus_option=1)
+
+
+# --------------------------------------------------------------------------------------------
+# AlexNet: the notebook's layer order; initialisation schemes
+# --------------------------------------------------------------------------------------------
+
+# The notebook's network (PaddlePaddle), written out as (layer type, its shape arguments) in
+# forward order: each conv is followed by its ReLU; the classifier is Linear -> ReLU -> Dropout
+# twice, then the output Linear.
+NOTEBOOK_ALEXNET = [
+    ("Conv2d", (3, 48, 11, 4, 5)), ("ReLU", ()), ("MaxPool2d", (3, 2)),
+    ("Conv2d", (48, 128, 5, 1, 2)), ("ReLU", ()), ("MaxPool2d", (3, 2)),
+    ("Conv2d", (128, 192, 3, 1, 1)), ("ReLU", ()),
+    ("Conv2d", (192, 192, 3, 1, 1)), ("ReLU", ()),
+    ("Conv2d", (192, 128, 3, 1, 1)), ("ReLU", ()), ("MaxPool2d", (3, 2)),
+    ("Linear", (1152, 2048)), ("ReLU", ()), ("Dropout", (0.5,)),
+    ("Linear", (2048, 2048)), ("ReLU", ()), ("Dropout", (0.5,)),
+    ("Linear", (2048, 10)),
+]
+
+
+def _layer_signature(m: torch.nn.Module) -> tuple:
+    if isinstance(m, torch.nn.Conv2d):
+        return ("Conv2d", (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0]))
+    if isinstance(m, torch.nn.MaxPool2d):
+        return ("MaxPool2d", (m.kernel_size, m.stride))
+    if isinstance(m, torch.nn.Linear):
+        return ("Linear", (m.in_features, m.out_features))
+    if isinstance(m, torch.nn.Dropout):
+        return ("Dropout", (m.p,))
+    return (type(m).__name__, ())
+
+
+def test_alexnet_layer_order_is_the_notebooks():
+    """The order in which the forward pass calls the layers, recorded with hooks."""
+    model = networks.create_model("alexnet", num_classes=10, attention="none").eval()
+    calls = []
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(lambda mod, *_: calls.append(_layer_signature(mod))) for m in leaves]
+    with torch.no_grad():
+        model(torch.randn(1, 3, 128, 128))
+    for h in handles:
+        h.remove()
+    assert calls == NOTEBOOK_ALEXNET
+    assert num_params(model) == 7_524_042
+
+
+def _reset_in_module_order(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """PyTorch's default initialisation: every layer's own reset_parameters, in construction order."""
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False)):
+            m.reset_parameters()
+    return model
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_preresnet20", "cifar_mobilenetv2"])
+@pytest.mark.parametrize("attention", ["none", "se"])
+def test_cifar_original_init_is_pytorchs_default(name: str, attention: str):
+    """The SimAM code's CIFAR ResNet/PreResNet/MobileNetV2 have no init code: PyTorch's draws."""
+    torch.manual_seed(3)
+    model = build(name, attention)  # init="original" is the default
+    expected = _reset_in_module_order(copy.deepcopy(model), seed=3)
+    for key, value in expected.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    torch.manual_seed(3)
+    kaiming = build(name, attention, init="kaiming")
+    conv = "conv1.weight"
+    assert not torch.equal(kaiming.state_dict()[conv], model.state_dict()[conv])
+    # kaiming-normal fan_out exceeds the default's uniform bound 1/sqrt(fan_in) somewhere
+    bound = 1 / (3 * 3 * 3) ** 0.5
+    assert model.state_dict()[conv].abs().max() <= bound < kaiming.state_dict()[conv].abs().max()
+
+
+@torch.no_grad()
+def test_alexnet_original_init_is_paddles_default():
+    """Conv ~ N(0, sqrt(2 / (in * k * k))), Linear ~ U(+-sqrt(6 / (in + out))), biases 0."""
+    torch.manual_seed(0)
+    model = networks.create_model("alexnet", num_classes=10)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            expected_std = (2.0 / (m.in_channels * m.kernel_size[0] * m.kernel_size[1])) ** 0.5
+            assert abs(float(m.weight.std()) / expected_std - 1) < 0.1, m
+        elif isinstance(m, torch.nn.Linear):
+            bound = (6.0 / (m.in_features + m.out_features)) ** 0.5
+            assert float(m.weight.abs().max()) <= bound
+            assert abs(float(m.weight.std()) / (bound / 3 ** 0.5) - 1) < 0.1, m  # std of U(-a, a) is a/sqrt(3)
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            assert torch.count_nonzero(m.bias) == 0, m
+
+
+@pytest.mark.parametrize("name", ["resnet18", "cifar_wrn16_8", "mobilenet_v2"])
+def test_original_init_of_kaiming_architectures_is_kaiming(name: str):
+    """ImageNet ResNets/MobileNetV2 and the WRN had kaiming init in the SimAM code: both schemes agree."""
+    torch.manual_seed(1)
+    original = build(name, "none")
+    torch.manual_seed(1)
+    kaiming = build(name, "none", init="kaiming")
+    for key, value in original.state_dict().items():
+        assert torch.equal(kaiming.state_dict()[key], value), key
+    # and it is kaiming-normal fan_out: std sqrt(2 / (k * k * out)) (the WRN code's formula)
+    conv = max((m for m in original.modules() if isinstance(m, torch.nn.Conv2d)), key=lambda m: m.weight.numel())
+    expected_std = (2.0 / (conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels)) ** 0.5
+    assert abs(float(conv.weight.detach().std()) / expected_std - 1) < 0.05
+
+
+def test_unknown_init_lists_the_schemes():
+    with pytest.raises(ValueError, match="original, kaiming"):
+        networks.create_model("cifar_resnet20", num_classes=10, init="xavier")

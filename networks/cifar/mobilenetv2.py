@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttnLayer, check_position, conv1x1, init_weights, make_attn
+from ..init import initialize
+from ..layers import AttnLayer, check_position, conv1x1, make_attn
 
 __all__ = ["CifarInvertedResidual", "CifarMobileNetV2"]
 
@@ -55,7 +56,7 @@ class CifarInvertedResidual(nn.Module):
 class CifarMobileNetV2(nn.Module):
     """MobileNetV2 for 32x32 images (final map 4x4)."""
 
-    def __init__(self, num_classes: int = 10, attn_layer: AttnLayer = None, attn_position: str = "out") -> None:
+    def __init__(self, num_classes: int = 10, attn_layer: AttnLayer = None, attn_position: str = "out", init: str = "original") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 32, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(32)
@@ -70,7 +71,7 @@ class CifarMobileNetV2(nn.Module):
         self.bn2 = nn.BatchNorm2d(1280)
         self.linear = nn.Linear(1280, num_classes)
         self.num_features = 1280
-        init_weights(self)
+        initialize(self, init, original="pytorch")  # the SimAM code has no init code here
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -13,9 +13,8 @@ global average pooling and a `linear` head. Attention (`block.attn`):
 - pre-activation blocks: "conv" after the 3x3 conv (basic: conv2, bottleneck: conv2); "out"
   after the branch's last conv (basic: conv2, bottleneck: conv3).
 The SimAM code wrapped the attention into `conv2`/`bn2`/`bn3`/`conv3` with `nn.Sequential`;
-`networks.load_weights` renames those keys. Differences: the SimAM code kept PyTorch's default
-initialisation for these networks; here convs are kaiming-normal (fan_out) as in its ImageNet
-and WRN code (no effect on loading its checkpoints).
+`networks.load_weights` renames those keys. Initialisation: PyTorch's default, as the SimAM code
+(`init="original"`); `init="kaiming"` gives kaiming-normal fan_out convs (networks/init.py).
 """
 from __future__ import annotations
 
@@ -24,7 +23,8 @@ from typing import Sequence, Type, Union
 import torch
 from torch import nn
 
-from ..layers import AttnLayer, check_position, conv1x1, conv3x3, init_weights, make_attn
+from ..init import initialize
+from ..layers import AttnLayer, check_position, conv1x1, conv3x3, make_attn
 
 __all__ = ["BasicBlock", "Bottleneck", "PreBasicBlock", "PreBottleneck", "CifarResNet", "CifarPreResNet"]
 
@@ -166,7 +166,8 @@ def _make_stage(block: Block, in_channels: int, channels: int, blocks: int, stri
 class CifarResNet(nn.Module):
     """3x3 stem (16 channels), three stages (16, 32, 64), average pooling, `linear` head."""
 
-    def __init__(self, block: Block, num_blocks: Sequence[int], num_classes: int = 10, attn_layer: AttnLayer = None, attn_position: str = "out") -> None:
+    def __init__(self, block: Block, num_blocks: Sequence[int], num_classes: int = 10, attn_layer: AttnLayer = None, attn_position: str = "out",
+                 init: str = "original") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -178,7 +179,7 @@ class CifarResNet(nn.Module):
         self.layer3 = _make_stage(block, 32 * e, 64, num_blocks[2], 2, attn_layer, attn_position)
         self.linear = nn.Linear(64 * e, num_classes)
         self.num_features = 64 * e
-        init_weights(self)
+        initialize(self, init, original="pytorch")  # the SimAM code has no init code here
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -191,7 +192,8 @@ class CifarResNet(nn.Module):
 class CifarPreResNet(nn.Module):
     """Pre-activation CIFAR ResNet: stem conv, three stages, final BN-ReLU (`bn`), `linear` head."""
 
-    def __init__(self, block: Block, num_blocks: Sequence[int], num_classes: int = 10, attn_layer: AttnLayer = None, attn_position: str = "out") -> None:
+    def __init__(self, block: Block, num_blocks: Sequence[int], num_classes: int = 10, attn_layer: AttnLayer = None, attn_position: str = "out",
+                 init: str = "original") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, kernel_size=3, stride=1, padding=1, bias=False)
         e = block.expansion
@@ -203,7 +205,7 @@ class CifarPreResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = 64 * e
-        init_weights(self)
+        initialize(self, init, original="pytorch")  # the SimAM code has no init code here
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layer3(self.layer2(self.layer1(self.conv1(x))))

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttnLayer, check_position, conv1x1, conv3x3, init_weights, make_attn
+from ..init import initialize
+from ..layers import AttnLayer, check_position, conv1x1, conv3x3, make_attn
 
 __all__ = ["WideBasicBlock", "WideResNet"]
 
@@ -66,7 +67,7 @@ class _Stage(nn.Module):
 class WideResNet(nn.Module):
     """WRN-depth-widen for 32x32 images."""
 
-    def __init__(self, depth: int = 28, widen_factor: int = 10, drop_rate: float = 0.3, num_classes: int = 10, attn_layer: AttnLayer = None, attn_position: str = "out") -> None:
+    def __init__(self, depth: int = 28, widen_factor: int = 10, drop_rate: float = 0.3, num_classes: int = 10, attn_layer: AttnLayer = None, attn_position: str = "out", init: str = "original") -> None:
         super().__init__()
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
@@ -80,7 +81,7 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.fc = nn.Linear(widths[3], num_classes)
         self.num_features = widths[3]
-        init_weights(self)
+        initialize(self, init, original="kaiming")  # N(0, sqrt(2/(k*k*out))) in the SimAM code
         nn.init.zeros_(self.fc.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,8 @@ from typing import Callable, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ..layers import AttnLayer, check_position, init_weights, make_attn
+from ..init import initialize
+from ..layers import AttnLayer, check_position, make_attn
 
 __all__ = ["ConvBNReLU", "InvertedResidual", "MobileNetV2", "make_divisible"]
 
@@ -108,6 +109,7 @@ class MobileNetV2(nn.Module):
         norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
         attn_layer: AttnLayer = None,
         attn_position: str = "out",
+        init: str = "original",
     ) -> None:
         super().__init__()
         setting = setting or IMAGENET_SETTING
@@ -133,7 +135,7 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.last_channel, num_classes))
         self.num_features = self.last_channel
-        init_weights(self, linear_std=0.01)
+        initialize(self, init, original="kaiming", linear_std=0.01)  # torchvision's, as the SimAM code
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

@@ -19,7 +19,8 @@ from typing import Callable, Optional, Sequence, Type, Union
 import torch
 from torch import nn
 
-from ..layers import AttnLayer, check_position, conv1x1, conv3x3, init_weights, make_attn
+from ..init import initialize
+from ..layers import AttnLayer, check_position, conv1x1, conv3x3, make_attn
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet"]
 
@@ -125,6 +126,7 @@ class ResNet(nn.Module):
         norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
         attn_layer: AttnLayer = None,
         attn_position: str = "out",
+        init: str = "original",
     ) -> None:
         super().__init__()
         self.inplanes = stem_width * 2 if deep_stem else 64
@@ -153,7 +155,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
         self.num_features = 512 * block.expansion
-        init_weights(self)
+        initialize(self, init, original="kaiming")  # torchvision's, as the SimAM code
         if zero_init_residual:  # "Accurate, Large Minibatch SGD", arXiv 1706.02677; off in the SimAM recipe
             for m in self.modules():
                 if isinstance(m, Bottleneck):
