@@ -1,8 +1,7 @@
-"""Tests of engine/data.py: builders, transforms, seeded augmentation, samplers and loaders."""
+"""Tests of engine.data: builders, transforms, seeded augmentation, samplers and loaders."""
 from __future__ import annotations
 
 import copy
-import os
 import pickle
 import random
 import subprocess
@@ -16,6 +15,7 @@ import torchvision
 from PIL import Image
 
 from engine import data
+from engine.data import datasets as data_sets
 from engine.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -541,7 +541,7 @@ def test_cifar_missing_without_download(tmp_path, name, tarball):
 
 
 def test_cifar_offline_download_fails_fast(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_can_reach", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(data_sets, "can_reach", lambda url, timeout=3.0: False)
     with pytest.raises(UserError) as excinfo:
         data.build_datasets("cifar10", str(tmp_path), augment="cifar", image_size=32, download=True)
     message = assert_user_error(excinfo, tmp_path)

@@ -1,9 +1,8 @@
-"""Tests of the data path: uint8 loaders, normalisation on the device (engine/prefetch.py), JPEG
+"""Tests of the data path: uint8 loaders, normalisation on the device (engine/data/prefetch.py), JPEG
 decoding with decode_jpeg, CIFAR-sized data held on the device, device-side JPEG decoding."""
 from __future__ import annotations
 
 import io
-import logging
 import multiprocessing
 import pickle
 import signal
@@ -18,10 +17,10 @@ import torchvision
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from clihelpers import FAKE, ROOT, check_ok, metrics, model_state, run_cli
+from clihelpers import FAKE, check_ok, metrics, model_state, run_cli
 from engine import data
 from engine.errors import UserError
-from engine.prefetch import DevicePrefetcher, normalize
+from engine.data import DevicePrefetcher, normalize
 
 CPU = torch.device("cpu")
 
@@ -182,8 +181,8 @@ def test_decode_jpeg_and_pil_give_nearly_the_same_pixels(tmp_path, monkeypatch):
     path = tmp_path / "photo.jpg"
     Image.fromarray(smooth_image(500, 375, seed=1)).save(path, quality=90)
     pil = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
-    monkeypatch.setattr(data.Image, "open", None)  # the JPEG must not need PIL
-    ours = data._load_rgb(str(path))
+    monkeypatch.setattr(Image, "open", None)  # the JPEG must not need PIL
+    ours = data.load_rgb(str(path))
     assert ours.shape == pil.shape == (3, 375, 500) and ours.dtype == torch.uint8
     diff = (ours.int() - pil.int()).abs()
     assert diff.max() <= 4 and diff.float().mean() <= 0.5  # decoders may differ by a few levels
@@ -199,11 +198,11 @@ def test_other_images_are_decoded_by_pil(tmp_path, monkeypatch, kind):
     expected = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
     opened = []
     real_open = Image.open
-    monkeypatch.setattr(data.Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
-    decoded = data._load_rgb(str(path))
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    decoded = data.load_rgb(str(path))
     assert opened, "PIL was not used"
     assert decoded.shape == (3, 30, 40) and torch.equal(decoded, expected)
-    payload = data._load_encoded(str(path))  # data.gpu_decode: the device only gets 3-component JPEGs
+    payload = data.load_encoded(str(path))  # data.gpu_decode: the device only gets 3-component JPEGs
     assert payload.dim() == 3 and torch.equal(payload, expected)
 
 
@@ -214,8 +213,8 @@ def test_jpeg_frame_header():
                                          (Image.fromarray(pixels[..., 0]), False, (0xC0, 8, 1))):
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", progressive=progressive)
-        assert data._jpeg_frame(buffer.getvalue()) == expected
-    assert data._jpeg_frame(b"\xff\xd8\xff" + b"garbage") == (0, 0, 0)
+        assert data.jpeg_frame(buffer.getvalue()) == expected
+    assert data.jpeg_frame(b"\xff\xd8\xff" + b"garbage") == (0, 0, 0)
 
 
 def test_truncated_jpeg_follows_the_bad_images_policy_on_both_paths(tmp_path):
@@ -280,25 +279,6 @@ def test_deferred_decoding_equals_the_per_sample_pipeline(tmp_path):
     on_device = prefetch(loader, "imagenet", decode=data.DeviceDecoder(deferred.transform, CPU))
     expected = prefetch(data.build_loader(plain, batch_size=3, train=True, workers=0, seed=4), "imagenet")
     assert_same_batches(batches(on_device, 1), batches(expected, 1))
-
-
-def test_gpu_decode_on_cpu_warns_and_decodes_on_the_cpu(tmp_path, caplog):
-    from hydra import compose, initialize_config_dir
-
-    from engine.distributed import DistInfo
-    from engine.runner import _build_data
-
-    root = jpeg_folder(tmp_path / "jpegs")
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        cfg = compose("imagenet", overrides=["data=imagefolder", f"data.root={root}", "data.gpu_decode=true", "data.batch_size=2",
-                                             "data.eval_batch_size=2", "data.workers=0", "data.image_size=32"])
-    with caplog.at_level(logging.WARNING):
-        train, val, num_classes, _ = _build_data(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=CPU))
-    assert "data.gpu_decode=true needs a CUDA device" in caplog.text
-    assert not isinstance(train.dataset, data.DeferredDataset) and num_classes == 2
-    data.set_epoch(train, 0)
-    images, targets = next(iter(train))
-    assert images.dtype == torch.float32 and images.shape == (2, 3, 32, 32) and targets.dtype == torch.int64
 
 
 # --------------------------------------------------------------------------------------------

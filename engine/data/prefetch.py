@@ -3,10 +3,11 @@
 The loaders of engine.data carry uint8 images (a quarter of float32's bytes through worker queues,
 pinned memory and PCIe); `DevicePrefetcher` wraps such a loader and yields what the loops expect,
 (float32 normalised images, int64 targets) on the device, channels-last when asked. On CUDA the
-next batch's copy, decoding (data.gpu_decode) and normalisation run on a side stream while the
-current step computes (timm's PrefetchLoader does the same); elsewhere it is a plain pass-through
-that normalises. The normalisation is the arithmetic of v2.ToDtype(scale=True) + v2.Normalize,
-so batches equal those of the per-sample float pipeline (bit for bit on the CPU).
+next batch's copy, decoding (data.gpu_decode) and normalisation run on a side stream, created once
+for the prefetcher's life, while the current step computes (timm's PrefetchLoader does the same);
+elsewhere it is a plain pass-through that normalises. The normalisation is the arithmetic of
+v2.ToDtype(scale=True) + v2.Normalize, so batches equal those of the per-sample float pipeline (bit
+for bit on the CPU).
 
 The wrapper keeps the loader interface the runner uses (`len`, `sampler`, `dataset`, and
 `engine.data.set_epoch`), so `train_one_epoch` and `evaluate` take it unchanged.
@@ -17,7 +18,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 
-from . import data as data_lib
+from .loader import set_epoch
+from .streams import CudaStreams
 
 __all__ = ["DevicePrefetcher", "normalize"]
 
@@ -38,7 +40,8 @@ class DevicePrefetcher:
     """Wraps a loader of (uint8 images, targets): yields (normalised float32 images, targets) on `device`.
 
     decode: turns the loader's image part into a uint8 batch on the device first (DeviceDecoder
-    of data.gpu_decode). On CUDA the batch after the one being trained on is already staged.
+    of data.gpu_decode). On CUDA the batch after the one being trained on is already staged on the
+    side stream; `streams` replaces torch.cuda's streams (tests; see engine.data.streams).
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class DevicePrefetcher:
         std: Sequence[float],
         channels_last: bool = False,
         decode: Optional[Callable[[Any], torch.Tensor]] = None,
+        streams: Optional[Any] = None,
     ) -> None:
         self.loader = loader
         self.device = torch.device(device)
@@ -57,6 +61,8 @@ class DevicePrefetcher:
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.channels_last = channels_last
         self.decode = decode
+        self.streams = streams if streams is not None else (CudaStreams(self.device) if self.device.type == "cuda" else None)
+        self._side: Any = None  # the side stream, created at the first iteration and kept
 
     # the loader interface the runner uses
     @property
@@ -72,7 +78,7 @@ class DevicePrefetcher:
 
     def set_epoch(self, epoch: int) -> None:
         """engine.data.set_epoch on the wrapped loader."""
-        data_lib.set_epoch(self.loader, epoch)
+        set_epoch(self.loader, epoch)
 
     def _stage(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         images, targets = batch
@@ -85,21 +91,23 @@ class DevicePrefetcher:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # Not a generator function: iter(self.loader) (which consumes the sampler's start batch)
         # happens when the caller asks for the iterator, as with a DataLoader.
-        if self.device.type != "cuda":
+        if self.streams is None:
             return map(self._stage, iter(self.loader))
-        stream = torch.cuda.Stream(device=self.device)
-        with torch.cuda.stream(stream):  # a DeviceLoader's per-epoch tensors belong to the side stream
+        if self._side is None:
+            self._side = self.streams.new()
+        with self.streams.use(self._side):  # a DeviceLoader's per-epoch tensors belong to the side stream
             batches = iter(self.loader)
-        return self._cuda(batches, stream)
+        return self._overlapped(batches, self._side)
 
-    def _cuda(self, batches: Iterator, stream: torch.cuda.Stream) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        main = torch.cuda.current_stream(self.device)
+    def _overlapped(self, batches: Iterator, side: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        streams = self.streams
+        main = streams.current()
         staged: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         while True:
             # The side stream first waits for the work already queued on the main stream (a
             # DeviceLoader's data live there); the copy then overlaps the step queued next.
-            stream.wait_stream(main)
-            with torch.cuda.stream(stream):
+            streams.wait(side, main)
+            with streams.use(side):
                 try:
                     batch = next(batches)
                 except StopIteration:
@@ -107,9 +115,9 @@ class DevicePrefetcher:
                 upcoming = self._stage(batch)
             if staged is not None:
                 yield staged
-            main.wait_stream(stream)
+            streams.wait(main, side)
             for tensor in upcoming:  # allocated on the side stream, used on the main one
-                tensor.record_stream(main)
+                streams.record(tensor, main)
             staged = upcoming
         if staged is not None:
             yield staged
