@@ -149,7 +149,7 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", full)
     with pytest.raises(UserError, match="No space left on device") as e:
         save_atomic({"epoch": 2}, path)
-    assert "\n" not in str(e.value) and "previous checkpoint is kept" in str(e.value)
+    assert "\n" not in str(e.value) and "previous file is kept" in str(e.value) and "MiB free" in str(e.value)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
@@ -178,13 +178,21 @@ def small_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["model.arch=cifar_resnet32", "attention=se"], "arch=cifar_resnet20"),
-    (["attention=cbam"], "attention=se"),
-    (["attention=se", "data.num_classes=7"], "number of classes"),
-    (["attention=se", "attention.reduction=4"], "reduction"),
+    (["model.arch=cifar_resnet32", "attention=se"], "model.arch 'cifar_resnet20' -> 'cifar_resnet32'"),
+    (["attention=cbam"], "attention.name 'se' -> 'cbam'"),
+    (["attention=se", "data.num_classes=7"], "data.num_classes 10 -> 7"),
+    (["attention=se", "attention.reduction=4"], "attention.reduction 16 -> 4"),
 ])
 def test_checkpoint_of_another_model_is_refused(small_run, args, needle):
-    assert_user_error(run_cli(FAKE + args + [f"resume={small_run}"], timeout=300), needle)
+    assert_user_error(run_cli(FAKE + args + [f"resume={small_run}", "trainer.epochs=2"], timeout=300), needle, "init_from=")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["model.arch=cifar_resnet32", "attention=se"], "arch=cifar_resnet20"),
+    (["attention=cbam"], "attention=se"),
+])
+def test_weights_of_another_model_are_refused_for_init_from(small_run, tmp_path, args, needle):
+    assert_user_error(run_cli(FAKE + args + [f"init_from={small_run}", f"hydra.run.dir={tmp_path / 'r'}"], timeout=300), needle)
 
 
 def test_nonfinite_loss_stops_with_step_and_lr(tmp_path):
@@ -244,3 +252,139 @@ def test_gpu_ids_beyond_the_machine(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(UserError, match=r"--gpu names GPU 2 but this machine has 2 \(valid ids: 0-1\)"):
         translate_argv(["--gpu", "0,1,2,3"], "imagenet")
+
+
+# ------------------------------------------------------------------------- files (engine.files)
+def _failing_save_epoch_files(tmp_path, monkeypatch, fail_on: str, error: BaseException):
+    """save_epoch_files with `fail_on` (last / best / epoch) failing; returns the UserError."""
+    import shutil
+
+    from engine.checkpoint import RunPaths, save_epoch_files
+
+    paths = RunPaths(tmp_path)
+    save_epoch_files(paths, {"epoch": 1, "batch": 0, "w": torch.ones(3)}, improved=True, keep_last=2)
+    real_save, real_copy = torch.save, shutil.copyfileobj
+    calls = {"n": 0}
+
+    def save(obj, f, *a, **k):
+        if fail_on == "last":
+            raise error
+        return real_save(obj, f, *a, **k)
+
+    def copy(src, dst, *a, **k):
+        calls["n"] += 1
+        if (fail_on == "best" and calls["n"] == 1) or (fail_on == "epoch" and calls["n"] == 2):
+            raise error
+        return real_copy(src, dst, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(shutil, "copyfileobj", copy)
+    with pytest.raises(UserError) as e:
+        save_epoch_files(paths, {"epoch": 2, "batch": 0, "w": torch.zeros(3)}, improved=True, keep_last=2)
+    monkeypatch.undo()
+    return e.value, paths
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")])
+@pytest.mark.parametrize("fail_on, name", [("last", "last.pth"), ("best", "best.pth"), ("epoch", "epoch_0002.pth")])
+def test_write_error_on_each_checkpoint_file_is_one_line_and_keeps_earlier_files(tmp_path, monkeypatch, fail_on, name, error):
+    err, paths = _failing_save_epoch_files(tmp_path, monkeypatch, fail_on, error)
+    msg = str(err)
+    assert "\n" not in msg and name in msg and "free" in msg, msg
+    for f in (paths.last, paths.best, paths.epoch_file(1)):
+        torch.load(f, weights_only=True)  # every file on disk is whole
+    assert not list(paths.checkpoints.glob("*.tmp"))
+
+
+def test_writer_never_follows_a_planted_symlink(tmp_path, monkeypatch):
+    import secrets
+
+    from engine import files
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    names = [f"{i:016x}" for i in range(100)]
+    for n in names:  # every temp name the writer can draw
+        os.symlink(victim, tmp_path / f".out.json.{n}.tmp")
+    seq = iter(names * 2)
+    monkeypatch.setattr(secrets, "token_hex", lambda k=8: next(seq))
+    with pytest.raises(UserError, match="random names were taken"):
+        files.write_json(tmp_path / "out.json", {"a": 1})
+    assert victim.read_text() == "precious" and not (tmp_path / "out.json").exists()
+    (tmp_path / f".out.json.{names[-1]}.tmp").unlink()  # one free name: the writer takes it
+    seq2 = iter(names)
+    monkeypatch.setattr(secrets, "token_hex", lambda k=8: next(seq2))
+    files.write_json(tmp_path / "out.json", {"a": 1})
+    assert victim.read_text() == "precious" and (tmp_path / "out.json").read_text().strip().endswith("}")
+
+
+def _mount_tmpfs(path: Path, size_kb: int) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size_kb, extra, name", [
+    (3300, [], "best.pth"),                                       # last.pth (2.2 MB) fits, its best copy does not
+    (5400, ["trainer.keep_last=1"], "epoch_0001.pth"),            # last + best fit, the epoch copy does not
+    (5400, ["trainer.epochs=2"], "last.pth"),                     # epoch 2's last.pth beside epoch 1's last + best
+])
+def test_full_disk_during_a_run(tmp_path, size_kb, extra, name):
+    mnt = tmp_path / "small"
+    if not _mount_tmpfs(mnt, size_kb):
+        pytest.skip("cannot mount a tmpfs here (needs root): the injected-error tests above cover the writer")
+    try:
+        run_dir = mnt / "run"
+        proc = run_cli(FAKE + ["attention=simam", "trainer.epochs=1", f"hydra.run.dir={run_dir}"] + extra)
+        line = assert_user_error(proc, name, "free")
+        for f in (run_dir / "checkpoints").glob("*.pth"):
+            torch.load(f, weights_only=True)
+        assert not list(run_dir.rglob("*.tmp")), line
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_has_no_duplicate_epoch_and_no_temp_file(tmp_path):
+    run_dir = tmp_path / "k"
+    args = LONG + ["trainer.epochs=3", f"hydra.run.dir={run_dir}"]
+    proc = _start(args)
+    killed_at = random.choice([(2, random.randint(1, 7)), (3, random.randint(1, 7))])
+    for line in proc.stdout:
+        if f"epoch {killed_at[0]}/" in line and f" step {killed_at[1]}/" in line:
+            proc.kill()
+            break
+    proc.wait(timeout=60)
+    check_ok(run_cli(LONG + ["trainer.epochs=3", f"resume={run_dir / 'checkpoints' / 'last.pth'}"]))
+    epochs = [r["epoch"] for r in metrics(run_dir)]
+    assert epochs == [1, 2, 3], (epochs, killed_at)
+    assert not list(run_dir.rglob("*.tmp"))
+    import json
+
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "done"
+
+
+@pytest.mark.slow
+def test_sigusr2_to_a_two_process_run_saves_and_exits_3(tmp_path):
+    run_dir = tmp_path / "usr2"
+    proc = _start(LONG + ["trainer.devices=2", f"hydra.run.dir={run_dir}"], env={"OMP_NUM_THREADS": "1"})
+    out = _signal_at_step(proc, 2, signal.SIGUSR2)
+    assert proc.returncode == 3, out[-3000:]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)
+    assert ckpt["epoch"] == 0 and ckpt["batch"] in (2, 3)
+    import json
+
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "preempted"
+
+
+def test_failure_after_start_is_recorded_in_status_and_log(tmp_path):
+    import json
+
+    run_dir = tmp_path / "nan"
+    assert_user_error(run_cli(FAKE + ["optim.lr=1e30", "trainer.epochs=2", f"hydra.run.dir={run_dir}"], timeout=300), "non-finite")
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and "non-finite loss" in status["error"] and status["exit_code"] == 2
+    assert "error: non-finite loss" in (run_dir / "main_cifar.log").read_text()
