@@ -98,12 +98,12 @@ class _Walk:
                             "their images would get two labels; remove the link(s)")
 
     def _why_skip(self, real: str, current_class: str) -> str | None:
-        if real in self.visited:
-            return "a folder already read (a link loop or a second link)"
+        other = [name for name, root in self.roots.items() if name != current_class and _contains(root, real)]
+        if other:
+            return f"inside class folder {other[0]}"
         if _contains(real, self.split_real) or any(_contains(real, root) for root in self.roots.values()):
             return "a folder that holds class folders"
-        other = [name for name, root in self.roots.items() if name != current_class and _contains(root, real)]
-        return f"inside class folder {other[0]}" if other else None
+        return "a folder already read (a link loop or a second link)" if real in self.visited else None
 
     def images(self, name: str, split_dir: str) -> list[str]:
         """Sorted image paths under class folder `name`, links followed once."""
