@@ -10,7 +10,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TextIO
 
 __all__ = ["RunLogger", "get_logger", "setup_logging"]
 
@@ -56,59 +56,117 @@ def _fmt_time(s: float) -> str:
 
 
 class RunLogger:
-    """metrics.jsonl + TensorBoard (`tb/`) + progress lines or a bar."""
+    """metrics.jsonl + TensorBoard (`tb/`) + progress: a bar on a terminal, lines otherwise.
 
-    def __init__(self, run_dir: Optional[Path], enabled: bool = True, progress: str = "auto") -> None:
+    Progress comes from the training loop's callbacks: `advance` after every batch (host values
+    only: the bar moves every step without a sync), `step` at logging steps (loss and lr). Both
+    show images/s and the ETA of the epoch and of the whole run; the run's ETA counts the
+    remaining batches at this epoch's pace plus, per remaining epoch, the time measured between
+    the end of one epoch's training and the start of the next (evaluation, checkpoints). Without
+    a terminal (`progress="lines"`) a line is written at each logging step and, between them, at
+    least every `progress_every_s` seconds.
+    """
+
+    def __init__(self, run_dir: Optional[Path], enabled: bool = True, progress: str = "auto", progress_every_s: float = 30.0,
+                 tensorboard: bool = True, stream: Optional[TextIO] = None, clock: Callable[[], float] = time.perf_counter) -> None:
         self.enabled = enabled and run_dir is not None
         self.run_dir = run_dir
         self.log = get_logger()
         self.tb = None
+        self.stream = stream
         if progress == "auto":
-            progress = "bar" if sys.stderr.isatty() else "lines"
+            progress = "bar" if (stream or sys.stderr).isatty() else "lines"
         self.progress = progress if self.enabled else "none"
+        self.progress_every_s, self.clock = float(progress_every_s), clock
         self._bar = None
+        self._last: dict[str, Any] = {}
+        self._ended: Optional[float] = None
+        self._overhead = 0.0
         if self.enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            if tensorboard:
+                self._open_tensorboard(run_dir)
 
-                self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
-            except ImportError:  # pragma: no cover - tensorboard is a requirement
-                self.log.warning("tensorboard not installed: no tb/ events")
+    def _open_tensorboard(self, run_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+        except ImportError:  # pragma: no cover - tensorboard is a requirement
+            self.log.warning("tensorboard not installed: no tb/ events")
 
     def info(self, msg: str) -> None:
         if self.enabled:
             self.log.info(msg)
 
     # ------------------------------------------------------------------ progress within an epoch
-    def start_epoch(self, epoch: int, epochs: int, steps: int, first: int = 0) -> None:
-        self._epoch, self._epochs, self._steps, self._t0 = epoch, epochs, steps, time.perf_counter()
-        self._first = first
+    def start_epoch(self, epoch: int, epochs: int, steps: int, first: int = 0, run_steps_left: Optional[int] = None) -> None:
+        """`steps` batches in this epoch, from batch `first`; `run_steps_left`: batches left in the
+        run from here (default: the rest of this epoch and `steps` per later epoch)."""
+        now = self.clock()
+        if self._ended is not None:
+            self._overhead = now - self._ended
+        self._epoch, self._epochs, self._steps, self._first, self._t0 = epoch, epochs, steps, first, now
+        self._run_left = (steps - first) + (epochs - epoch - 1) * steps if run_steps_left is None else int(run_steps_left)
+        self._pos, self._last, self._line_t = first, {}, now
         if self.progress == "bar":
             from tqdm import tqdm
 
-            self._bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+            self._bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                             dynamic_ncols=True, file=self.stream)
+
+    @property
+    def position(self) -> int:
+        """The last batch reported in this epoch (the bar's counter)."""
+        return getattr(self, "_pos", 0)
+
+    def _status(self) -> str:
+        """images/s, the ETA of the epoch and of the run, and the last logged loss and lr."""
+        elapsed = max(self.clock() - self._t0, 1e-9)
+        done = self._pos - self._first
+        per_step = elapsed / max(done, 1)
+        later_epochs = self._epochs - self._epoch - 1
+        eta_run = per_step * (self._run_left - done) + self._overhead * later_epochs
+        parts = [f"{self._last.get('images', 0) / elapsed:.0f} img/s",
+                 f"eta {_fmt_time(per_step * (self._steps - self._pos))}", f"run eta {_fmt_time(eta_run)}"]
+        if "loss" in self._last:
+            parts[:0] = [f"loss {self._last['loss']:.4f}", f"lr {self._last['lr']:.4g}"]
+        return " ".join(parts)
+
+    def advance(self, info: dict[str, Any]) -> None:
+        """After every batch: step (batch number in the epoch), images (all ranks, so far)."""
+        if self.progress == "none":
+            return
+        self._pos = int(info["step"])
+        self._last["images"] = info.get("images", 0)
+        if self._bar is not None:
+            self._bar.set_postfix_str(self._status(), refresh=False)
+            self._bar.update(self._pos - self._bar.n)
+            if self._pos >= self._steps:
+                self._bar.refresh()  # the final count, even within tqdm's minimum interval
+        elif self.progress == "lines" and self.clock() - self._line_t >= self.progress_every_s:
+            self._line()
+
+    def _line(self) -> None:
+        self._line_t = self.clock()
+        self.log.info(f"epoch {self._epoch + 1}/{self._epochs} step {self._pos}/{self._steps} {self._status()}")
 
     def step(self, info: dict[str, Any]) -> None:
-        """Called at logging steps with step, global_step, loss, lr, images_per_s."""
+        """At logging steps: step, global_step, loss, lr, images_per_s (and images)."""
         if not self.enabled:
             return
         if self.tb is not None:
             self.tb.add_scalar("train/step_loss", info["loss"], info["global_step"])
+        self._pos = int(info["step"])
+        self._last.update(loss=info["loss"], lr=info["lr"], images=info.get("images", self._last.get("images", 0)))
         if self._bar is not None:
-            self._bar.n = info["step"]
-            self._bar.set_postfix(loss=f"{info['loss']:.4f}", lr=f"{info['lr']:.3g}", img_s=f"{info['images_per_s']:.0f}")
-            self._bar.refresh()
+            self._bar.set_postfix_str(self._status(), refresh=False)
+            self._bar.update(self._pos - self._bar.n)
         elif self.progress == "lines":
-            elapsed = time.perf_counter() - self._t0
-            done = info["step"] - self._first
-            eta = elapsed / max(done, 1) * (self._steps - info["step"])
-            self.log.info(
-                f"epoch {self._epoch + 1}/{self._epochs} step {info['step']}/{self._steps} loss {info['loss']:.4f} "
-                f"lr {info['lr']:.4g} {info['images_per_s']:.0f} img/s eta {_fmt_time(eta)}"
-            )
+            self._line()
 
     def end_epoch(self) -> None:
+        self._ended = self.clock()
         if self._bar is not None:
             self._bar.close()
             self._bar = None

@@ -185,3 +185,48 @@ def test_evaluate_counts_every_sample_once():
     data = _batches(3, 5) + _batches(1, 2, seed=4)
     result = evaluate(_net(), data, nn.CrossEntropyLoss(), device=CPU)
     assert result["num_samples"] == 17 and 0 <= result["acc1"] <= result["acc5"] <= 100
+
+
+# ------------------------------------------------------------------ two gloo ranks (spawned: module-level)
+def _rank_data(rank: int, epoch: int) -> list:
+    return _batches(4, 4, seed=10 * epoch + rank)
+
+
+def _ddp_rank(out: str) -> None:
+    from engine.distributed import cleanup, init_distributed
+
+    info = init_distributed("cpu", "gloo", timeout_s=60)
+    net = _net()
+    ddp = nn.parallel.DistributedDataParallel(net)
+    opt = _sgd(net)
+    results = []
+    for epoch, accum, nan_rank, nan_batch in ((1, 1, 1, 2), (2, 2, 0, 3)):
+        data = _rank_data(info.rank, epoch)
+        if info.rank == nan_rank:
+            data = _with_nan(data, nan_batch)
+        results.append(_train(ddp, data, optimizer=opt, skip_nonfinite=True, accum_steps=accum))
+    torch.save({"params": _params(net), "skipped": [r["skipped"] for r in results]}, Path(out) / f"rank{info.rank}.pt")
+    cleanup()
+
+
+def _joined(parts: list) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+@pytest.mark.slow
+def test_a_nonfinite_loss_on_one_of_two_gloo_ranks_is_skipped_on_both(tmp_path, monkeypatch):
+    from engine.distributed import spawn
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    spawn(_ddp_rank, 2, args=(str(tmp_path),))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["skipped"] == ranks[1]["skipped"] == [1, 1]
+    assert _max_diff(ranks[0]["params"], ranks[1]["params"]) == 0.0
+    # one process on both ranks' batches: DDP averages the equal-sized ranks' gradients
+    ref = _net()
+    opt = _sgd(ref)
+    e1 = [_rank_data(r, 1) for r in (0, 1)]
+    _train(ref, [_joined([e1[0][i], e1[1][i]]) for i in (0, 1, 3)], optimizer=opt)  # update 2 dropped
+    e2 = [_rank_data(r, 2) for r in (0, 1)]
+    _train(ref, [_joined([e2[0][0], e2[0][1], e2[1][0], e2[1][1]])], optimizer=opt)  # 2nd window dropped
+    assert _max_diff(_params(ref), ranks[0]["params"]) < 1e-6
