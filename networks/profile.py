@@ -6,7 +6,8 @@ other attention modules (thop #213/#128). The SimAM paper's FLOPs are such count
 = ResNet). Here each attention module also gets a rule that counts its own elementwise work, one
 operation per element and step (e.g. SimAM: 8 per element: mean, subtract, square, sum, divide,
 add, sigmoid, multiply). Those are added on top of thop's count through forward hooks; `profile_model` reports both
-parts, `count_params_flops` returns the total.
+parts, `count_params_flops` returns the total. SimAM runs its eager kernels while profiling
+(`simam_fused.eager_kernels`): nothing is compiled for the one forward pass.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .attention import CBAM, ECA, SRM, GCBlock, SimAM, SqueezeExcite
+from .attention import CBAM, ECA, SRM, GCBlock, SimAM, SqueezeExcite, simam_fused
 from .attention.cbam import ChannelGate, SpatialGate
 
 __all__ = ["ATTENTION_OP_RULES", "count_params_flops", "profile_model"]
@@ -80,7 +81,10 @@ def _thop(model: nn.Module, input_size: Sequence[int]) -> tuple[int, int, int]:
         for cls, rule in ATTENTION_OP_RULES.items()
         if type(m) is cls
     ]
-    with warnings.catch_warnings(), torch.no_grad():
+    # eager SimAM kernels: one forward pass never repays compiling a kernel (seconds at an ImageNet
+    # size on rank 0 while the other ranks wait), and a failing compiler must not mark compiling
+    # unavailable for the training that follows
+    with warnings.catch_warnings(), torch.no_grad(), simam_fused.eager_kernels():
         warnings.simplefilter("ignore")
         macs, _ = thop.profile(model, inputs=(x,), verbose=False)
     for h in handles:

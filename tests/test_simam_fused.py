@@ -218,21 +218,150 @@ def test_environment_variable():
         simam_fused.override_from_env({"SIMAM_IMPL": "triton"})
 
 
+def test_expected_calls_decide_whether_auto_compiles():
+    """Few forward passes in the process (evaluation only, a few steps): "auto" runs the eager
+    Function; an explicit "compiled" still compiles."""
+    big = torch.empty(1, 1, 1, simam_fused.AUTO_COMPILE_MIN_NUMEL)
+    try:
+        simam_fused.set_expected_calls(simam_fused.AUTO_COMPILE_MIN_CALLS - 1)
+        assert simam_fused.expected_calls() == simam_fused.AUTO_COMPILE_MIN_CALLS - 1
+        assert resolve_impl("auto", big) == "function"
+        assert resolve_impl("compiled", big) == "compiled"
+        simam_fused.set_expected_calls(simam_fused.AUTO_COMPILE_MIN_CALLS)
+        assert resolve_impl("auto", big) == "compiled"
+        simam_fused.set_expected_calls(0)
+        assert resolve_impl("auto", big) == "function"
+        for bad in (-1, 2.5, True, "10"):
+            with pytest.raises((ValueError, TypeError)):
+                simam_fused.set_expected_calls(bad)
+    finally:
+        simam_fused.set_expected_calls(None)
+    assert simam_fused.expected_calls() is None
+    assert resolve_impl("auto", big) == "compiled"
+
+
+def test_eager_kernels_block():
+    big = torch.empty(1, 1, 1, simam_fused.AUTO_COMPILE_MIN_NUMEL)
+    with simam_fused.eager_kernels():
+        assert resolve_impl("auto", big) == resolve_impl("compiled", big) == "function"
+        assert simam_fused.impl_override() == "function"
+    assert simam_fused.impl_override() is None and resolve_impl("compiled", big) == "compiled"
+    simam_fused.set_impl_override("reference")
+    try:
+        with simam_fused.eager_kernels():
+            assert resolve_impl("auto", big) == "reference"
+        assert simam_fused.impl_override() == "reference"
+    finally:
+        simam_fused.set_impl_override(None)
+
+
+def test_compile_cache_dir(tmp_path):
+    """A stable folder (not Inductor's /tmp default) unless the user chose one."""
+    import getpass
+    import os
+    import tempfile
+
+    torch_default = os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+    stable = str(tmp_path / "xdg" / "torchinductor")
+    assert simam_fused.compile_cache_dir({"XDG_CACHE_HOME": str(tmp_path / "xdg")}) == stable
+    assert simam_fused.compile_cache_dir({"XDG_CACHE_HOME": str(tmp_path / "xdg"), "TORCHINDUCTOR_CACHE_DIR": torch_default}) == stable
+    assert simam_fused.compile_cache_dir({"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "mine")}) == str(tmp_path / "mine")
+    assert simam_fused.compile_cache_dir({}).endswith(os.path.join(".cache", "torchinductor"))
+
+
 @pytest.fixture
 def fresh_compile_state(monkeypatch):
     monkeypatch.setattr(simam_fused, "_compiled", {})
     monkeypatch.setattr(simam_fused, "_compile_failed", None)
+    monkeypatch.setattr(simam_fused, "_warmed", set())
+
+
+def recording_compile(calls: list):
+    """A stand-in for torch.compile that runs the function eagerly and records (kernel, thread)."""
+    import threading
+
+    def fake_compile(fn, **kwargs):
+        def call(*args):
+            calls.append((fn.__name__, threading.current_thread() is threading.main_thread()))
+            return fn(*args)
+        return call
+    return fake_compile
+
+
+@pytest.mark.usefixtures("fresh_compile_state")
+def test_forward_compiles_the_backward_kernel_on_the_calling_thread(monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(torch, "compile", recording_compile(calls))
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    y = simam(x, 1e-4, "compiled")
+    assert calls == [("_forward_kernel", True), ("_backward_kernel", True)]  # before any backward
+    y.sum().backward()
+    simam(x, 1e-4, "compiled").sum().backward()  # warmed once per kind of input
+    assert [c[0] for c in calls[2:]] == ["_backward_kernel", "_forward_kernel", "_backward_kernel"]
+    calls.clear()
+    with torch.no_grad():  # inference: no backward kernel
+        simam(torch.randn(3, 4, 5, 5), 1e-4, "compiled")
+    assert calls == [("_forward_kernel", True)]
+    calls.clear()
+    simam(torch.randn(2, 4, 6, 6).to(memory_format=torch.channels_last).requires_grad_(), 1e-4, "compiled")
+    assert [c[0] for c in calls] == ["_forward_kernel", "_backward_kernel"]  # a new layout: warmed again
+
+
+@pytest.mark.usefixtures("fresh_compile_state")
+def test_device_errors_are_not_reported_as_compile_failures(monkeypatch):
+    """A CUDA error reported late (by the compiled call) or out of memory propagates; compiling stays on."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    errors = [RuntimeError("CUDA error: an illegal memory access was encountered"),
+              torch.OutOfMemoryError("CUDA out of memory"),
+              TorchDynamoException("backend failed")]
+    errors[2].__cause__ = RuntimeError("CUDA error: device-side assert triggered")
+    for err in errors:
+        def broken_compile(fn, err=err, **kwargs):
+            def call(*args):
+                raise err
+            return call
+        monkeypatch.setattr(simam_fused, "_compiled", {})
+        monkeypatch.setattr(torch, "compile", broken_compile)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(type(err)):
+                simam(torch.randn(2, 4, 6, 6), 1e-4, "compiled")
+        assert simam_fused.compile_available() and simam_fused.compile_failure() is None
+
+
+@pytest.mark.usefixtures("fresh_compile_state")
+def test_profiling_compiles_nothing(monkeypatch):
+    """Params/MACs of a SimAM model at a size where "auto" compiles: eager kernels, and a broken
+    compiler does not mark compiling unavailable for the training that follows."""
+    from networks.profile import profile_model
+
+    def broken_compile(fn, **kwargs):
+        raise AssertionError("profiling compiled a SimAM kernel")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = networks.create_model("cifar_resnet20", num_classes=10, attention="simam")
+    size = (8, 3, 32, 32)  # 8x16x32x32 maps: above AUTO_COMPILE_MIN_NUMEL
+    assert 8 * 16 * 32 * 32 >= simam_fused.AUTO_COMPILE_MIN_NUMEL
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        info = profile_model(model, size)
+    assert info["macs_attention"] > 0 and info["params"] > 0
+    assert simam_fused.compile_available() and simam_fused.impl_override() is None
 
 
 @pytest.mark.usefixtures("fresh_compile_state")
 @pytest.mark.parametrize("failure", ["torch.compile raises", "compiled call raises"])
 def test_fallback_when_compile_is_unavailable(monkeypatch, failure):
+    from torch._dynamo.exc import TorchDynamoException
+
     def broken_compile(fn, **kwargs):
         if failure == "torch.compile raises":
             raise RuntimeError("Windows not yet supported for torch.compile")
 
-        def call(*args):
-            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        def call(*args):  # what Inductor raises without a C++ compiler (an InductorError)
+            raise TorchDynamoException("InvalidCxxCompiler: No working C++ compiler found")
         return call
 
     monkeypatch.setattr(torch, "compile", broken_compile)
