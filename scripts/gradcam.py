@@ -22,30 +22,19 @@ checkpoint), simam.png with --simam-layer, and gradcam.npz with every map (keys
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from engine.reporting import (  # noqa: E402
-    ReportError, class_names, load_checkpoint_model, plain_simam, unnormalise, val_dataset,
-)
-from networks.attention import SimAM  # noqa: E402
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ReportError(message)
+from networks.attention import SimAM
+from scripts.common import UserError, class_names, load_checkpoint_model, make_parser, plain_simam, run_main, unnormalise, val_dataset
 
 
 # ------------------------------------------------------------------------------------ the maps
@@ -62,7 +51,7 @@ def default_layer(model: nn.Module, x: torch.Tensor) -> str:
             h.remove()
     spatial = [name for name, shape in order if len(shape) == 4 and shape[2] * shape[3] > 1]
     if not spatial:
-        raise ReportError(f"{type(model).__name__} has no top-level module with a spatial output: give --layer")
+        raise UserError(f"{type(model).__name__} has no top-level module with a spatial output: give --layer")
     return spatial[-1]
 
 
@@ -70,7 +59,7 @@ def get_module(model: nn.Module, name: str, what: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name not in modules or not name:
         top = ", ".join(n for n, _ in model.named_children())
-        raise ReportError(f"{what} {name!r} is not a module of {model.model_spec.get('arch', type(model).__name__)}; "
+        raise UserError(f"{what} {name!r} is not a module of {model.model_spec.get('arch', type(model).__name__)}; "
                           f"top-level modules: {top} (deeper ones as dotted names, e.g. layer3.2)")
     return modules[name]
 
@@ -83,7 +72,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, layer: nn.Module, target: Option
         with torch.enable_grad():
             logits = model(x)
             if "a" not in store or not torch.is_tensor(store["a"]) or store["a"].dim() != 4:
-                raise ReportError("the Grad-CAM layer must output a (B, C, H, W) map: choose another --layer")
+                raise UserError("the Grad-CAM layer must output a (B, C, H, W) map: choose another --layer")
             cls = int(logits[0].argmax()) if target is None else int(target)
             (grad,) = torch.autograd.grad(logits[0, cls], store["a"])
     finally:
@@ -129,7 +118,7 @@ def find_simam(model: nn.Module, name: str) -> tuple[str, SimAM]:
     module = get_module(model, name, "--simam-layer")
     if not isinstance(module, SimAM):
         shown = ", ".join(n for n, _ in simams[-3:])
-        raise ReportError(f"--simam-layer {name!r} is a {type(module).__name__}, not SimAM; SimAM modules are e.g. {shown} (or 'last')")
+        raise UserError(f"--simam-layer {name!r} is a {type(module).__name__}, not SimAM; SimAM modules are e.g. {shown} (or 'last')")
     return name, module
 
 
@@ -164,19 +153,19 @@ def load_image(spec: str, config: dict) -> tuple[torch.Tensor, Optional[int]]:
         val = _val(config)
         index = int(m.group(1))
         if index >= len(val):
-            raise ReportError(f"{spec}: the validation set has {len(val)} images (val:0 .. val:{len(val) - 1})")
+            raise UserError(f"{spec}: the validation set has {len(val)} images (val:0 .. val:{len(val) - 1})")
         image, label = val[index]
         return image, int(label)
     path = Path(spec)
     if not path.is_file():
-        raise ReportError(f"image not found: {spec} (a file, or val:N for the N-th validation image)")
+        raise UserError(f"image not found: {spec} (a file, or val:N for the N-th validation image)")
     from PIL import Image, UnidentifiedImageError
 
     try:
         with open(path, "rb") as f:
             pil = Image.open(f).convert("RGB")
     except (OSError, UnidentifiedImageError) as e:
-        raise ReportError(f"cannot read image {spec}: {e}") from None
+        raise UserError(f"cannot read image {spec}: {e}") from None
     _, val_tf = build_transforms(d.get("augment", "none"), size)
     return val_tf(pil.resize((size, size), Image.BILINEAR)), None
 
@@ -190,7 +179,7 @@ def _labels(loaded: list[Loaded]) -> None:
 def _class_name(config: dict, index: int) -> str:
     try:
         names = class_names(_val(config))
-    except ReportError:
+    except UserError:
         names = None
     return names[index] if names and index < len(names) else f"class {index}"
 
@@ -226,47 +215,67 @@ def _figure(rows: list[dict], columns: list[str], path: Path, title: str) -> Non
     plt.close(fig)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    with plain_simam():
-        return _main(list(sys.argv[1:] if argv is None else argv))
-
-
-def _main(argv: list[str]) -> int:
-    parser = OneLineParser(prog="gradcam.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parse(argv: list[str]) -> Any:
+    parser = make_parser("gradcam.py", __doc__)
     parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoints of this project (run_dir/checkpoints/*.pth)")
     parser.add_argument("--images", nargs="+", required=True, metavar="IMG", help="image files and/or val:N")
     parser.add_argument("--layer", help="module for Grad-CAM, a dotted name such as layer4 or layer3.2 (default: the last conv stage)")
     parser.add_argument("--simam-layer", metavar="NAME", help="also map the weights of this SimAM module (e.g. layer3.2.attn, or 'last')")
     parser.add_argument("--target", type=int, help="class index to explain (default: each model's top class)")
     parser.add_argument("--out", type=Path, default=Path("."), help="output folder (default: current folder)")
-    try:
-        args = parser.parse_args(argv)
-        loaded = []
-        for p in args.checkpoints:
-            model, config, spec = load_checkpoint_model(p)
-            loaded.append(Loaded(model, config, spec, "", Path(p)))
-        _labels(loaded)
-        for l in loaded:
-            n = int(l.spec.get("num_classes") or 0)
-            if args.target is not None and n and not 0 <= args.target < n:
-                raise ReportError(f"--target {args.target}: {l.label} has {n} classes (0 .. {n - 1})")
-        images = [[load_image(spec, l.config) for l in loaded] for spec in args.images]  # per model: its own transform
-        layers = []
-        for l in loaded:
-            x0 = images[0][loaded.index(l)][0][None]
-            name = args.layer or default_layer(l.model, x0)
-            layers.append((name, get_module(l.model, name, "--layer")))
-        simams = [find_simam(l.model, args.simam_layer) if _has_simam(l.model) else None for l in loaded] if args.simam_layer else []
-        if args.simam_layer and not any(simams):
-            raise ReportError("--simam-layer: none of the checkpoints has SimAM modules (attention "
-                              + ", ".join(str(l.spec.get("attention")) for l in loaded) + ")")
-        args.out.mkdir(parents=True, exist_ok=True)
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return parser.parse_args(argv)
 
+
+def _load(args: Any) -> tuple[list[Loaded], list, list, list]:
+    """(checkpoints, images per image spec and checkpoint, (name, module) Grad-CAM layers, SimAM modules or None)."""
+    loaded = []
+    for p in args.checkpoints:
+        model, config, spec = load_checkpoint_model(p)
+        loaded.append(Loaded(model, config, spec, "", Path(p)))
+    _labels(loaded)
+    for l in loaded:
+        n = int(l.spec.get("num_classes") or 0)
+        if args.target is not None and n and not 0 <= args.target < n:
+            raise UserError(f"--target {args.target}: {l.label} has {n} classes (0 .. {n - 1})")
+    images = [[load_image(spec, l.config) for l in loaded] for spec in args.images]  # per model: its own transform
+    layers = []
+    for j, l in enumerate(loaded):
+        name = args.layer or default_layer(l.model, images[0][j][0][None])
+        layers.append((name, get_module(l.model, name, "--layer")))
+    simams = [find_simam(l.model, args.simam_layer) if _has_simam(l.model) else None for l in loaded] if args.simam_layer else []
+    if args.simam_layer and not any(simams):
+        raise UserError("--simam-layer: none of the checkpoints has SimAM modules (attention "
+                        + ", ".join(str(l.spec.get("attention")) for l in loaded) + ")")
+    return loaded, images, layers, simams
+
+
+def _cells(l: Loaded, x: torch.Tensor, layer: tuple[str, nn.Module], simam: Optional[tuple[str, SimAM]], target: Optional[int],
+           key: str, arrays: dict) -> tuple[dict, Optional[dict]]:
+    """The Grad-CAM cell (and the SimAM cell) of one checkpoint and image; the maps go into `arrays` under `key`."""
     import numpy as np
 
+    layer_name, module = layer
+    cam, probs = grad_cam(l.model, x, module, target)
+    cls = int(probs.argmax()) if target is None else target
+    arrays[f"gradcam/{key}"] = cam.numpy().astype(np.float32)
+    cell = {"map": cam.numpy(), "text": f"{layer_name}: {_class_name(l.config, cls)} ({100 * float(probs[cls]):.0f}%)"}
+    if simam is None:
+        return cell, None
+    sname, smod = simam
+    raw = simam_map(l.model, x, smod)
+    up = F.interpolate(raw[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    arrays[f"simam_raw/{key}"] = raw.numpy().astype(np.float32)
+    arrays[f"simam/{key}"] = up.numpy().astype(np.float32)
+    lo, hi = float(raw.min()), float(raw.max())
+    return cell, {"map": ((up - lo) / (hi - lo + 1e-12)).numpy(), "text": f"{sname} {tuple(raw.shape)}: {lo:.3f}..{hi:.3f}"}
+
+
+def _main(argv: list[str]) -> int:
+    import numpy as np
+
+    args = _parse(argv)
+    loaded, images, layers, simams = _load(args)
+    args.out.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     cam_rows, simam_rows = [], []
     first = loaded[0]
@@ -275,36 +284,27 @@ def _main(argv: list[str]) -> int:
         shown = unnormalise(x_show, (first.config.get("data") or {}).get("augment", "none"))
         arrays[f"image/{i}"] = shown.astype(np.float32)
         title = spec + (f"\ntrue: {_class_name(first.config, label)}" if label is not None else "")
-        cells, scells = [], []
-        for j, (l, (layer_name, layer)) in enumerate(zip(loaded, layers)):
-            x = images[i][j][0][None]
-            cam, probs = grad_cam(l.model, x, layer, args.target)
-            cls = int(probs.argmax()) if args.target is None else args.target
-            arrays[f"gradcam/{i}/{j}"] = cam.numpy().astype(np.float32)
-            cells.append({"map": cam.numpy(), "text": f"{layer_name}: {_class_name(l.config, cls)} ({100 * float(probs[cls]):.0f}%)"})
-            if simams and simams[j] is not None:
-                sname, smod = simams[j]
-                raw = simam_map(l.model, x, smod)
-                up = F.interpolate(raw[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-                arrays[f"simam_raw/{i}/{j}"] = raw.numpy().astype(np.float32)
-                arrays[f"simam/{i}/{j}"] = up.numpy().astype(np.float32)
-                lo, hi = float(raw.min()), float(raw.max())
-                scells.append({"map": ((up - lo) / (hi - lo + 1e-12)).numpy(),
-                               "text": f"{sname} {tuple(raw.shape)}: {lo:.3f}..{hi:.3f}"})
-        cam_rows.append({"image": shown, "title": title, "cells": cells})
-        if scells:
-            simam_rows.append({"image": shown, "title": title, "cells": scells})
-    labels = [l.label for l in loaded]
-    simam_labels = [l.label for l, sm in zip(loaded, simams) if sm is not None]
-    _figure(cam_rows, labels, args.out / "gradcam.png", "Grad-CAM of the top class (red: high)" if args.target is None else f"Grad-CAM of class {args.target}")
+        cells = [_cells(l, images[i][j][0][None], layers[j], simams[j] if simams else None, args.target, f"{i}/{j}", arrays)
+                 for j, l in enumerate(loaded)]
+        cam_rows.append({"image": shown, "title": title, "cells": [c for c, _ in cells]})
+        if any(s is not None for _, s in cells):
+            simam_rows.append({"image": shown, "title": title, "cells": [s for _, s in cells if s is not None]})
+    _figure(cam_rows, [l.label for l in loaded], args.out / "gradcam.png",
+            "Grad-CAM of the top class (red: high)" if args.target is None else f"Grad-CAM of class {args.target}")
     written = [args.out / "gradcam.png"]
     if simam_rows:
+        simam_labels = [l.label for l, sm in zip(loaded, simams) if sm is not None]
         _figure(simam_rows, simam_labels, args.out / "simam.png", "SimAM weights sigmoid(E_inv), channel mean (scaled to its range per image)")
         written.append(args.out / "simam.png")
     np.savez_compressed(args.out / "gradcam.npz", **arrays)
     written.append(args.out / "gradcam.npz")
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    with plain_simam():
+        return run_main(_main, argv)
 
 
 if __name__ == "__main__":

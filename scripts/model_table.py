@@ -14,39 +14,26 @@ pass); `--device cpu` runs a real forward pass instead.
 """
 from __future__ import annotations
 
-import argparse
 import csv
+import functools
 import inspect
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Any, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-import networks  # noqa: E402
-from networks.attention import get_attn_layer  # noqa: E402
-from engine.reporting import default_paper_dir, read_paper_csv  # noqa: E402
-from networks.profile import profile_model  # noqa: E402
-from networks.registry import SIMAM_CIFAR_NAMES  # noqa: E402
+import networks
+from networks.attention import get_attn_layer
+from networks.profile import profile_model
+from scripts.common import (
+    UserError, find_paper_dir, lookup_published, lookup_published_params, make_parser, read_published, read_published_params, run_main,
+)
 
 COLUMNS = ["arch", "attention", "params_M", "paper_params_M", "d_params_M", "macs_thop_G", "paper_flops_G", "d_macs_G", "macs_G"]
 HEADERS = ["arch", "attention", "params (M)", "paper params (M)", "params diff", "thop MACs (G)", "paper FLOPs (G)", "MACs diff", "MACs incl. attention (G)"]
-
-
-class UsageError(Exception):
-    """A wrong name or option on the command line: reported in one line, exit code 2."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse without the usage block on errors: one line on stderr, exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
 
 
 @dataclass(frozen=True)
@@ -65,11 +52,11 @@ def parse_attention(token: str) -> AttentionSpec:
     if token not in valid and match and match.group(1) in valid:
         name, kwargs = match.group(1), {"reduction": int(match.group(2))}
     if name not in valid:
-        raise UsageError(f"unknown attention {token!r}; valid: {', '.join(valid)} (SE/CBAM also as se_r4, cbam_r16, ...)")
+        raise UserError(f"unknown attention {token!r}; valid: {', '.join(valid)} (SE/CBAM also as se_r4, cbam_r16, ...)")
     try:
         layer = get_attn_layer(name, **kwargs)  # validates the options without building anything
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UserError(str(e)) from None
     column = name
     if layer is not None and "reduction" in inspect.signature(getattr(layer, "func", layer)).parameters:
         default = inspect.signature(getattr(layer, "func", layer)).parameters["reduction"].default
@@ -86,41 +73,34 @@ def parse_archs(text: Optional[str], dataset: str) -> list[str]:
     for arch in archs:
         if arch not in family:
             where = f" ({networks.model_info(arch).family} family)" if arch in networks.list_models() else ""
-            raise UsageError(f"unknown {dataset} architecture {arch!r}{where}; valid: {', '.join(family)}")
+            raise UserError(f"unknown {dataset} architecture {arch!r}{where}; valid: {', '.join(family)}")
     return archs
 
 
-def find_paper_dir() -> Optional[Path]:
-    """The folder of the published csv files (engine.reporting.default_paper_dir), if it exists."""
-    paper = default_paper_dir()
-    return paper if paper.is_dir() else None
+def paper_dataset(arch: str) -> str:
+    """The data set whose published rows fit the head the table builds (model_info's usual number of classes)."""
+    info = networks.model_info(arch)
+    return {1000: "imagenet", 100: "cifar100"}.get(info.num_classes, "cifar10")
 
 
-def registry_name(dataset: str, arch: str) -> str:
-    return SIMAM_CIFAR_NAMES.get(arch, arch) if dataset.startswith("cifar") else arch
+def published(paper: Optional[Path], arch: str, spec: AttentionSpec) -> tuple[Optional[str], Optional[str]]:
+    """(params_M, flops_G) as published for this architecture (its default block) and attention, None when unpublished.
 
-
-def published(paper: Optional[Path]) -> tuple[dict, dict]:
-    """({(registry name, params.csv column): params_M string}, {(registry name, attention): flops_G string}).
-
-    params.csv (4 decimals) wins over imagenet.csv (2 decimals) and cifar.csv.
+    params.csv (4 decimals) wins over imagenet.csv (2 decimals) and cifar.csv; FLOPs only without custom options.
     """
-    params: dict[tuple[str, str], str] = {}
-    flops: dict[tuple[str, str], str] = {}
     if paper is None:
-        return params, flops
-    for row in read_paper_csv(paper / "cifar.csv"):
-        params.setdefault((registry_name(row["dataset"], row["arch"]), row["attention"]), row["params_M"])
-    for row in read_paper_csv(paper / "imagenet.csv"):
-        params[(row["arch"], row["attention"])] = row["params_M"]
-        if row.get("flops_G"):
-            flops[(row["arch"], row["attention"])] = row["flops_G"]
-    for row in read_paper_csv(paper / "params.csv"):
-        name = registry_name(row["dataset"], row["arch"])
-        for column, value in row.items():
-            if column not in ("dataset", "arch", "block") and value:
-                params[(name, column)] = value
-    return params, flops
+        return None, None
+    dataset = paper_dataset(arch)
+    params_table, table = _tables(paper)
+    params = lookup_published_params(params_table, dataset, arch, spec.name, {"reduction": int(spec.paper_column.rsplit("_r", 1)[1])}
+                                     if "_r" in spec.paper_column else None)
+    pub = lookup_published(table, dataset, arch, spec.name) if not spec.kwargs else None
+    return params, pub.flops_G if pub else None
+
+
+@functools.lru_cache(maxsize=4)
+def _tables(paper: Path) -> tuple[dict, dict]:
+    return read_published_params(paper), read_published(paper)
 
 
 def profile(arch: str, spec: AttentionSpec, device: str) -> dict[str, int]:
@@ -149,14 +129,12 @@ def diff(ours: float, paper: Optional[str]) -> str:
 
 def table_rows(archs: list[str], specs: list[AttentionSpec], device: str, paper: Optional[Path], mac_decimals: int = 4) -> list[dict[str, str]]:
     """The table's cells as strings (plus the raw integer counts, for the csv)."""
-    paper_params, paper_flops = published(paper)
     rows = []
     for arch in archs:
         for spec in specs:
             p = profile(arch, spec, device)
             params_m, thop_g = p["params"] / 1e6, p["macs_thop"] / 1e9
-            pp = paper_params.get((arch, spec.paper_column))
-            pf = paper_flops.get((arch, spec.name)) if not spec.kwargs else None
+            pp, pf = published(paper, arch, spec)
             rows.append({
                 "arch": arch,
                 "attention": spec.token,
@@ -200,30 +178,30 @@ def footnote(device: str, paper: Optional[Path]) -> str:
     )
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parse(argv: list[str]) -> Any:
+    parser = make_parser("model_table.py", __doc__)
     parser.add_argument("--dataset", required=True, choices=["imagenet", "cifar"], help="architecture family")
     parser.add_argument("--archs", help="comma-separated registry names (default: the whole family)")
     parser.add_argument("--attentions", default=None, help="comma-separated attention types, e.g. none,simam,se,se_r4 (default: all)")
     parser.add_argument("--csv", type=Path, help="also write the table to this csv file")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     parser.add_argument("--device", choices=["meta", "cpu"], default="meta", help="meta: shapes only (fast, default); cpu: a real forward pass")
-    try:
-        args = parser.parse_args(argv)
-        archs = parse_archs(args.archs, args.dataset)
-        tokens = args.attentions.split(",") if args.attentions else ["none", "simam"] + [a for a in networks.list_attentions() if a not in ("none", "simam")]
-        specs = [parse_attention(t.strip()) for t in tokens if t.strip()]
-        if not archs or not specs:
-            raise UsageError("no architecture or no attention type given")
-        if args.csv and not args.csv.resolve().parent.is_dir():
-            raise UsageError(f"--csv: folder {args.csv.resolve().parent} does not exist")
-    except UsageError as e:
-        print(f"model_table.py: error: {e}", file=sys.stderr)
-        return 2
+    args = parser.parse_args(argv)
+    args.arch_list = parse_archs(args.archs, args.dataset)
+    tokens = args.attentions.split(",") if args.attentions else ["none", "simam"] + [a for a in networks.list_attentions() if a not in ("none", "simam")]
+    args.specs = [parse_attention(t.strip()) for t in tokens if t.strip()]
+    if not args.arch_list or not args.specs:
+        raise UserError("no architecture or no attention type given")
+    if args.csv and not args.csv.resolve().parent.is_dir():
+        raise UserError(f"--csv: folder {args.csv.resolve().parent} does not exist")
+    return args
 
+
+def _main(argv: list[str]) -> int:
+    args = _parse(argv)
     paper = find_paper_dir()
     # CIFAR networks have tens of MMACs: more decimals so that the attention's work shows
-    rows = table_rows(archs, specs, args.device, paper, mac_decimals=4 if args.dataset == "imagenet" else 6)
+    rows = table_rows(args.arch_list, args.specs, args.device, paper, mac_decimals=4 if args.dataset == "imagenet" else 6)
     print(format_markdown(rows) if args.markdown else format_text(rows))
     print()
     print(footnote(args.device, paper))
@@ -233,6 +211,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             writer.writeheader()
             writer.writerows(rows)
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

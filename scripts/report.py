@@ -4,12 +4,14 @@
     python scripts/report.py multirun/ outputs/cifar100 --out reports/cifar100
     python scripts/report.py multirun/STAMP --dataset-alias fake=cifar100 --paper ../shared/paper
 
-RUN_DIRS are run directories or folders that contain them (searched recursively for metrics.jsonl
-and .hydra/config.yaml). Writes into --out (default: the folder given, or the parent of a single run):
-  report.md    one row per (dataset, arch, attention, attention options, recipe): best and final val
-               top-1/top-5 as mean +- std over seeds (n), params and MACs, median training images/s,
-               the published top-1 and ours - published, the recipe and the command; runs in
-               progress, interrupted, stopped or failed are listed apart and not averaged
+RUN_DIRS are run directories or folders that contain them (searched recursively for metrics.jsonl,
+status.json and .hydra/config.yaml). Writes into --out (default: the folder given, or the parent of a single run):
+  report.md    one row per (dataset, arch, block, attention, attention options, recipe): best and final val
+               top-1/top-5 as mean +- std over seeds (n), the published top-1/top-5 and ours - published,
+               params and thop MACs beside the published params/FLOPs, median training images/s, the
+               recipe and the command; runs in progress, interrupted, stopped or failed (status.json,
+               else the logs) are listed apart and not averaged; unreadable lines and runs are skipped
+               with a warning naming the file
   report.csv   the same rows, one value per column
   curves_*.png training/validation loss and accuracy per group (each seed, and the mean)
   compare_*.png the attention types of one (dataset, arch) side by side (mean +- std bands)
@@ -17,7 +19,6 @@ and .hydra/config.yaml). Writes into --out (default: the folder given, or the pa
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -27,33 +28,24 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from engine.reporting import (  # noqa: E402
-    Published, ReportError, Run, checkpoint_meta, class_names, config_num_classes, default_paper_dir, find_run_dirs,
-    group_items, load_checkpoint_model, load_run, lookup_published, mean_std, model_from_config, plain_simam, read_published,
-    recipe_text, schedule_text, unnormalise, val_dataset,
+from scripts.common import (
+    Published, UserError, checkpoint_meta, class_names, config_num_classes, default_paper_dir, group_items,
+    load_checkpoint_model, lookup_published, lookup_published_params, make_parser, mean_std, model_from_config,
+    plain_simam, read_published, read_published_params, run_main, unnormalise, val_dataset,
 )
+from scripts.runs import Run, find_run_dirs, load_run, recipe_text, schedule_text
 
 GRID_IMAGES = 18  # as the AlexNet notebook
 CSV_COLUMNS = [
     "dataset", "arch", "block", "attention", "attention_params", "n", "seeds",
     "best_top1_mean", "best_top1_std", "best_top5_mean", "best_top5_std",
     "final_top1_mean", "final_top1_std", "final_top5_mean", "final_top5_std",
-    "published_top1", "published_top5", "diff_top1", "published_source",
-    "params_M", "macs_G", "macs_thop_G", "train_images_per_s",
+    "published_top1", "published_top5", "diff_top1", "diff_top5", "published_source",
+    "params_M", "published_params_M", "macs_thop_G", "published_flops_G", "macs_G", "train_images_per_s",
     "optimizer", "lr", "weight_decay", "schedule", "epochs", "batch_size", "recipe", "devices", "torch", "command", "run_dirs",
 ]
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (ReportError) instead of the usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ReportError(message)
 
 
 # ------------------------------------------------------------------------------------------ groups
@@ -76,6 +68,12 @@ class Group:
     def label(self) -> str:
         opts = f" ({self.attention_params})" if self.attention_params else ""
         return f"{self.dataset} {self.arch}{'-' + self.block if self.block else ''} + {self.attention}{opts}"
+
+    @property
+    def attention_kwargs(self) -> dict:
+        att = dict(self.runs[0].config.get("attention") or {})
+        att.pop("name", None)
+        return att
 
 
 def _attention(config: dict) -> tuple[str, str]:
@@ -143,7 +141,7 @@ def profile(run: Run) -> Optional[dict]:
                 _PROFILE_CACHE[key] = profile_model(model, (1, 3, size, size))
             except (NotImplementedError, RuntimeError):  # an operation without a meta kernel: count on the CPU
                 _PROFILE_CACHE[key] = profile_model(model_from_config(c, num_classes), (1, 3, size, size))
-        except ReportError:
+        except UserError:
             return None
     return _PROFILE_CACHE[key]
 
@@ -176,38 +174,61 @@ def _csv_num(v: Optional[float], decimals: int = 4) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{decimals}f}".rstrip("0").rstrip(".")
 
 
-def compute_row(g: Group, published: dict, aliases: dict[str, str]) -> dict:
-    best = [r.best() for r in g.runs]
-    final = [r.final() for r in g.runs]
-    b1, b1s = mean_std([b["val_acc1"] for b in best if b])
-    b5, b5s = mean_std([b["val_acc5"] for b in best if b and b.get("val_acc5") is not None])
-    f1, f1s = mean_std([f["val_acc1"] for f in final if f])
-    f5, f5s = mean_std([f["val_acc5"] for f in final if f and f.get("val_acc5") is not None])
-    speeds = [m["throughput"] for r in g.runs for m in r.metrics if isinstance(m.get("throughput"), (int, float))]
+def _accuracies(g: Group) -> dict:
+    """best/final top-1/top-5 mean and std over the group's runs."""
+    out = {}
+    for which, records in (("best", [r.best() for r in g.runs]), ("final", [r.final() for r in g.runs])):
+        for k in (1, 5):
+            values = [rec[f"val_acc{k}"] for rec in records if rec and isinstance(rec.get(f"val_acc{k}"), (int, float))]
+            out[f"{which}_top{k}_mean"], out[f"{which}_top{k}_std"] = mean_std(values)
+    return out
+
+
+def _diff(ours: float, published: Optional[float]) -> Optional[float]:
+    return ours - published if published is not None and not math.isnan(ours) else None
+
+
+def _param_note(pub: Published, g: Group) -> str:
+    """A note when the published attention parameter differs from the group's."""
+    if not (pub.attention_param and g.attention_params and pub.attention_param not in g.attention_params):
+        return ""
+    try:
+        ours = float(g.attention_params.split("=", 1)[1].split(",")[0])
+        return "" if math.isclose(ours, float(pub.attention_param)) else f"published with attention param {pub.attention_param}"
+    except (ValueError, IndexError):
+        return ""
+
+
+def _published_cells(g: Group, acc: dict, published: dict, params_table: dict, lookup_ds: str) -> dict:
+    block = g.block or None
+    pub: Optional[Published] = lookup_published(published, lookup_ds, g.arch, g.attention, block)
+    params = lookup_published_params(params_table, lookup_ds, g.arch, g.attention, g.attention_kwargs, block)
+    note = _param_note(pub, g) if pub else ""
+    return {
+        "published_top1": pub.top1 if pub else None, "published_top5": pub.top5 if pub else None,
+        "diff_top1": _diff(acc["best_top1_mean"], pub.top1 if pub else None),
+        "diff_top5": _diff(acc["best_top5_mean"], pub.top5 if pub else None),
+        "published_source": (f"{pub.file}: {pub.source}" + (f" ({note})" if note else "")) if pub else "",
+        "published_params_M": params if params is not None else (pub.params_M if pub else None),
+        "published_flops_G": pub.flops_G if pub else None,
+    }
+
+
+def compute_row(g: Group, published: dict, aliases: dict[str, str], params_table: Optional[dict] = None) -> dict:
+    """The report's row of a group: accuracies, published numbers beside them, model size, recipe."""
+    acc = _accuracies(g)
     lookup_ds = aliases.get(g.dataset, g.dataset)
-    pub: Optional[Published] = lookup_published(published, lookup_ds, g.arch, g.attention)
+    speeds = [m["throughput"] for r in g.runs for m in r.metrics if isinstance(m.get("throughput"), (int, float))]
     prof = profile(g.runs[0])
     c = g.runs[0].config
-    o, s, t, d = (c.get(k) or {} for k in ("optim", "sched", "trainer", "data"))
+    o, t, d = (c.get(k) or {} for k in ("optim", "trainer", "data"))
     metas = [checkpoint_meta(r.path / "checkpoints" / "last.pth") for r in g.runs]
     torch_versions = sorted({str(m["torch_version"]) for m in metas if m.get("torch_version")})
-    note = ""
-    if pub and pub.attention_param and g.attention_params and pub.attention_param not in g.attention_params:
-        try:
-            ours = float(g.attention_params.split("=", 1)[1].split(",")[0])
-            if not math.isclose(ours, float(pub.attention_param)):
-                note = f"published with attention param {pub.attention_param}"
-        except (ValueError, IndexError):
-            pass
     return {
         "dataset": g.dataset + (f" (as {lookup_ds})" if lookup_ds != g.dataset else ""),
         "arch": g.arch, "block": g.block, "attention": g.attention, "attention_params": g.attention_params,
-        "n": len(g.runs), "seeds": ",".join(str(r.seed) for r in g.runs),
-        "best_top1_mean": b1, "best_top1_std": b1s, "best_top5_mean": b5, "best_top5_std": b5s,
-        "final_top1_mean": f1, "final_top1_std": f1s, "final_top5_mean": f5, "final_top5_std": f5s,
-        "published_top1": pub.top1 if pub else None, "published_top5": pub.top5 if pub else None,
-        "diff_top1": (b1 - pub.top1) if pub and not math.isnan(b1) else None,
-        "published_source": (f"{pub.file}: {pub.source}" + (f" ({note})" if note else "")) if pub else "",
+        "n": len(g.runs), "seeds": ",".join(str(r.seed) for r in g.runs), **acc,
+        **_published_cells(g, acc, published, params_table or {}, lookup_ds),
         "params_M": prof["params"] / 1e6 if prof else None, "macs_G": prof["macs"] / 1e9 if prof else None,
         "macs_thop_G": prof["macs_thop"] / 1e9 if prof else None,
         "train_images_per_s": statistics.median(speeds) if speeds else None,
@@ -343,8 +364,11 @@ def plot_predictions(g: Group, out: Path) -> str:
 # ------------------------------------------------------------------------------------------ output
 _MD_COLUMNS = [
     ("dataset", "dataset"), ("arch", "arch"), ("attention", "attention"), ("n", "n"), ("best top-1", "best_top1"),
-    ("best top-5", "best_top5"), ("final top-1", "final_top1"), ("final top-5", "final_top5"), ("published top-1", "published_top1"),
-    ("ours - published", "diff_top1"), ("params (M)", "params_M"), ("MACs (G)", "macs_G"), ("train img/s", "train_images_per_s"), ("recipe", "recipe"),
+    ("best top-5", "best_top5"), ("final top-1", "final_top1"), ("final top-5", "final_top5"),
+    ("published top-1", "published_top1"), ("Δ top-1", "diff_top1"), ("published top-5", "published_top5"), ("Δ top-5", "diff_top5"),
+    ("params (M)", "params_M"), ("published params (M)", "published_params_M"), ("thop MACs (G)", "macs_thop_G"),
+    ("published FLOPs (G)", "published_flops_G"), ("MACs incl. attention (G)", "macs_G"), ("train img/s", "train_images_per_s"),
+    ("recipe", "recipe"),
 ]
 
 
@@ -352,19 +376,19 @@ def _md_cell(row: dict, key: str) -> str:
     if key in ("best_top1", "best_top5", "final_top1", "final_top5"):
         return _fmt(row[f"{key}_mean"], row[f"{key}_std"])
     v = row.get(key)
-    if v is None or v == "":
+    if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if key == "attention":
         return f"{v} ({row['attention_params']})" if row["attention_params"] else str(v)
     if key == "arch" and row.get("block"):
         return f"{v} ({row['block']})"
-    if key == "diff_top1":
+    if key.startswith("diff_"):
         return f"{v:+.2f}"
-    if key == "published_top1":
+    if key in ("published_top1", "published_top5"):
         return f"{v:.2f}"
-    if key == "params_M":
-        return f"{v:.4f}"
-    if key == "macs_G":
+    if key in ("published_params_M", "published_flops_G"):
+        return str(v)  # as published
+    if key in ("params_M", "macs_thop_G", "macs_G"):
         return f"{v:.4f}" if v < 1 else f"{v:.3f}"
     if key == "train_images_per_s":
         return f"{v:.0f}"
@@ -375,8 +399,46 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def _legend(paper_dir: Optional[Path]) -> list[str]:
+    return [
+        "Top-1/top-5: validation accuracy (%), mean ± sample std over the n seeds of a group (no ± for one run). "
+        "*best*: the epoch with the highest top-1 of each run (its top-5 from that same epoch), as the paper reports; "
+        "*final*: the last epoch. *Δ*: best mean minus the published number "
+        f"({'from ' + str(paper_dir) if paper_dir else 'no paper folder found'}; '-': none published for this "
+        "(dataset, arch and block, attention)). Params and MACs: networks.profile.profile_model at batch 1 and the run's image "
+        "size; *thop MACs* are multiply-accumulates by thop's rules, the quantity the paper published as FLOPs (with an older "
+        "thop that did not count BN and pooling); *MACs incl. attention* add the attention modules' elementwise work, which "
+        "thop counts as zero. Published params come from params.csv for that block and SE/CBAM reduction (CIFAR: 100-class "
+        "heads). train img/s: median over epochs and runs of the training throughput. Runs are grouped when everything "
+        "but the seed is equal (data, model, attention options, recipe).", "",
+    ]
+
+
+def _group_lines(groups: list[Group]) -> list[str]:
+    lines: list[str] = []
+    for g in groups:
+        r = g.row
+        lines += [f"- **{g.label}** — n={r['n']} (seeds {r['seeds']}), {r['devices']}, torch {r['torch'] or '?'}",
+                  f"  - command: `{r['command']}`"]
+        if r["published_source"]:
+            lines.append(f"  - published: {r['published_top1']:.2f} top-1" + (f" / {r['published_top5']:.2f} top-5" if r["published_top5"] else "")
+                         + f" ({r['published_source']})")
+        lines.append("  - runs: " + ", ".join(f"`{Path(p).name}`" for p in r["run_dirs"].split(";")))
+    return lines or ["None."]
+
+
+def _other_lines(others: list[Run]) -> list[str]:
+    rows = []
+    for run in others:
+        last = run.final()
+        rows.append([f"`{run.path}`", run.status, f"{run.epochs_done}/{run.epochs or '?'}",
+                     f"{last['val_acc1']:.2f}" if last and isinstance(last.get("val_acc1"), (int, float)) else "-",
+                     run.note.replace("|", "/") or "-"])
+    return _table(["run dir", "status", "epochs", "last val top-1", "note"], rows) if rows else ["None."]
+
+
 def write_markdown(path: Path, groups: list[Group], others: list[Run], pictures: list[tuple[str, str]], argv: Sequence[str],
-                   paper_dir: Optional[Path], skipped_pictures: list[str]) -> None:
+                   paper_dir: Optional[Path], skipped_pictures: list[str], warnings: Sequence[str] = ()) -> None:
     import torch
 
     lines = [
@@ -389,47 +451,15 @@ def write_markdown(path: Path, groups: list[Group], others: list[Run], pictures:
         lines += _table([h for h, _ in _MD_COLUMNS], [[_md_cell(g.row, k) for _, k in _MD_COLUMNS] for g in groups])
     else:
         lines.append("No complete runs yet.")
-    lines += [
-        "",
-        "Top-1/top-5: validation accuracy (%), mean ± sample std over the n seeds of a group (no ± for one run). "
-        "*best*: the epoch with the highest top-1 of each run (its top-5 from that same epoch), as the paper reports; "
-        "*final*: the last epoch. *ours - published*: best top-1 mean minus the published top-1 "
-        f"({'from ' + str(paper_dir) if paper_dir else 'no paper folder found'}; '-': no published number for this "
-        "(dataset, arch, attention)). Params and MACs: networks.profile.profile_model at batch 1 and the run's image "
-        "size (thop's multiply-accumulates plus the attention modules' elementwise work, which thop counts as zero). "
-        "train img/s: median over epochs and runs of the training throughput. Runs are grouped when everything "
-        "but the seed is equal (data, model, attention options, recipe).", "",
-        "## Groups", "",
-    ]
-    for g in groups:
-        r = g.row
-        lines += [f"- **{g.label}** — n={r['n']} (seeds {r['seeds']}), {r['devices']}, torch {r['torch'] or '?'}",
-                  f"  - command: `{r['command']}`"]
-        if r["published_source"]:
-            lines.append(f"  - published: {r['published_top1']:.2f} top-1" + (f" / {r['published_top5']:.2f} top-5" if r["published_top5"] else "")
-                         + f" ({r['published_source']})")
-        lines.append("  - runs: " + ", ".join(f"`{Path(p).name}`" for p in r["run_dirs"].split(";")))
-    if not groups:
+    lines += ["", *_legend(paper_dir), "## Groups", "", *_group_lines(groups), "", "## Pictures", ""]
+    for name, what in pictures:
+        lines += [f"- `{name}`: {what}", "", f"![{what}]({name})", ""]
+    if not pictures:
         lines.append("None.")
-    lines += ["", "## Pictures", ""]
-    if pictures:
-        for name, what in pictures:
-            lines += [f"- `{name}`: {what}", "", f"![{what}]({name})", ""]
-    else:
-        lines.append("None.")
-    for s in skipped_pictures:
-        lines.append(f"- not drawn: {s}")
-    lines += ["", "## Runs not averaged (in progress, interrupted, stopped, failed)", ""]
-    if others:
-        rows = []
-        for run in others:
-            last = run.final()
-            rows.append([f"`{run.path}`", run.status, f"{run.epochs_done}/{run.epochs or '?'}",
-                         f"{last['val_acc1']:.2f}" if last and isinstance(last.get("val_acc1"), (int, float)) else "-",
-                         run.note.replace("|", "/") or "-"])
-        lines += _table(["run dir", "status", "epochs", "last val top-1", "note"], rows)
-    else:
-        lines.append("None.")
+    lines += [f"- not drawn: {s}" for s in skipped_pictures]
+    lines += ["", "## Runs not averaged (in progress, interrupted, stopped, failed)", "", *_other_lines(others)]
+    if warnings:
+        lines += ["", "## Skipped (unreadable)", "", *[f"- {w.replace('|', '/')}" for w in warnings]]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -447,18 +477,62 @@ def _aliases(items: list[str]) -> dict[str, str]:
     for item in items:
         ours, eq, theirs = item.partition("=")
         if not eq or not ours or not theirs:
-            raise ReportError(f"--dataset-alias {item!r}: expected OURS=PAPER, e.g. fake=cifar100")
+            raise UserError(f"--dataset-alias {item!r}: expected OURS=PAPER, e.g. fake=cifar100")
         out[ours] = theirs
     return out
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    with plain_simam():
-        return _main(list(sys.argv[1:] if argv is None else argv))
+def load_runs(run_dirs: Sequence[Path]) -> tuple[list[Run], list[str]]:
+    """(the runs that could be read, warnings): a run that cannot be read is skipped, never the whole report."""
+    runs: list[Run] = []
+    warnings: list[str] = []
+    for d in run_dirs:
+        try:
+            run = load_run(d)
+        except UserError as e:
+            warnings.append(f"{d}: run skipped: {e}")
+            continue
+        except Exception as e:  # noqa: BLE001 - one run's surprise must not stop the report of the others
+            warnings.append(f"{d}: run skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            continue
+        runs.append(run)
+        warnings += run.warnings
+    return runs, warnings
 
 
-def _main(argv: list[str]) -> int:
-    parser = OneLineParser(prog="report.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _rows(groups: list[Group], paper_dir: Optional[Path], aliases: dict[str, str], warnings: list[str]) -> list[Group]:
+    """compute_row of every group; a group whose row cannot be computed is left out with a warning."""
+    published = read_published(paper_dir) if paper_dir else {}
+    params_table = read_published_params(paper_dir) if paper_dir else {}
+    kept = []
+    for g in groups:
+        try:
+            g.row = compute_row(g, published, aliases, params_table)
+            kept.append(g)
+        except Exception as e:  # noqa: BLE001 - e.g. a config with values of the wrong type
+            warnings.append(f"{g.runs[0].path}: group {g.label} skipped: {type(e).__name__}: {e}")
+    return kept
+
+
+def _pictures(groups: list[Group], out: Path, predictions: bool) -> tuple[list[tuple[str, str]], list[str]]:
+    pictures: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    for g in groups:
+        pictures.append((plot_group_curves(g, out), f"loss and top-1 per epoch of {g.label} (each seed, and the mean)"))
+    for (dataset, arch), members in group_items(groups, lambda g: (g.dataset, g.arch)).items():
+        if len(members) > 1:
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset}_{arch}")
+            pictures.append((plot_comparison(members, out, slug), f"{dataset} {arch}: the groups side by side, mean ± std over seeds"))
+    for g in groups if predictions else []:
+        try:
+            pictures.append((plot_predictions(g, out), f"{GRID_IMAGES} validation images, predicted vs true label, best checkpoint of {g.label}"))
+        except (UserError, OSError, RuntimeError, ValueError) as e:
+            skipped.append(f"predictions of {g.label}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    return pictures, skipped
+
+
+def _parse(argv: list[str]) -> Any:
+    parser = make_parser("report.py", __doc__)
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIRS", help="run directories or folders that contain them")
     parser.add_argument("--out", type=Path, help="output folder (default: the folder given, or the parent of a single run)")
     parser.add_argument("--paper", type=Path, help="folder of the published csv files (default: $SIMAM_PAPER_DIR or <repo>/../shared/paper)")
@@ -466,51 +540,35 @@ def _main(argv: list[str]) -> int:
                         help="look up the published numbers of dataset OURS under PAPER's name (e.g. fake=cifar100); repeatable")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--no-predictions", action="store_true", help="no grids of validation images (they need the data set)")
-    try:
-        args = parser.parse_args(argv)
-        aliases = _aliases(args.dataset_alias)
-        if args.paper is not None and not args.paper.is_dir():
-            raise ReportError(f"--paper {args.paper}: no such folder")
-        paper_dir = args.paper or default_paper_dir()
-        if not paper_dir.is_dir():
-            print(f"warning: no paper folder at {paper_dir} (set --paper or SIMAM_PAPER_DIR): no published numbers", file=sys.stderr)
-            paper_dir = None
-        run_dirs = find_run_dirs(args.run_dirs)
-        if not run_dirs:
-            raise ReportError(f"no run directories (metrics.jsonl or .hydra/config.yaml) under {' '.join(args.run_dirs)}")
-        first = Path(args.run_dirs[0]).resolve()
-        out = args.out or (first.parent if first in run_dirs else first)
-        out.mkdir(parents=True, exist_ok=True)
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args = parser.parse_args(argv)
+    args.aliases = _aliases(args.dataset_alias)
+    if args.paper is not None and not args.paper.is_dir():
+        raise UserError(f"--paper {args.paper}: no such folder")
+    return args
 
-    runs = [load_run(d) for d in run_dirs]
-    complete = [r for r in runs if r.status == "complete"]
+
+def _main(argv: list[str]) -> int:
+    args = _parse(argv)
+    paper_dir = args.paper or default_paper_dir()
+    if not paper_dir.is_dir():
+        print(f"warning: no paper folder at {paper_dir} (set --paper or SIMAM_PAPER_DIR): no published numbers", file=sys.stderr)
+        paper_dir = None
+    run_dirs = find_run_dirs(args.run_dirs)
+    if not run_dirs:
+        raise UserError(f"no run directories (metrics.jsonl, status.json or .hydra/config.yaml) under {' '.join(args.run_dirs)}")
+    first = Path(args.run_dirs[0]).resolve()
+    out = args.out or (first.parent if first in run_dirs else first)
+    out.mkdir(parents=True, exist_ok=True)
+
+    runs, warnings = load_runs(run_dirs)
+    groups = _rows(make_groups([r for r in runs if r.status == "complete"]), paper_dir, args.aliases, warnings)
     others = [r for r in runs if r.status != "complete"]
-    published = read_published(paper_dir) if paper_dir else {}
-    groups = make_groups(complete)
-    for g in groups:
-        g.row = compute_row(g, published, aliases)
-
-    pictures: list[tuple[str, str]] = []
-    skipped: list[str] = []
-    if not args.no_plots and groups:
-        for g in groups:
-            pictures.append((plot_group_curves(g, out), f"loss and top-1 per epoch of {g.label} (each seed, and the mean)"))
-        for (dataset, arch), members in group_items(groups, lambda g: (g.dataset, g.arch)).items():
-            if len(members) > 1:
-                slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset}_{arch}")
-                pictures.append((plot_comparison(members, out, slug), f"{dataset} {arch}: the groups side by side, mean ± std over seeds"))
-        if not args.no_predictions:
-            for g in groups:
-                try:
-                    pictures.append((plot_predictions(g, out), f"{GRID_IMAGES} validation images, predicted vs true label, best checkpoint of {g.label}"))
-                except ReportError as e:
-                    skipped.append(f"predictions of {g.label}: {e}")
-    write_markdown(out / "report.md", groups, others, pictures, argv, paper_dir, skipped)
+    pictures, skipped = _pictures(groups, out, not args.no_predictions) if groups and not args.no_plots else ([], [])
+    write_markdown(out / "report.md", groups, others, pictures, argv, paper_dir, skipped, warnings)
     write_csv(out / "report.csv", groups)
 
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     for g in groups:
         r = g.row
         pub = f"published {r['published_top1']:.2f} ({r['diff_top1']:+.2f})" if r["published_top1"] is not None else "no published number"
@@ -519,6 +577,11 @@ def _main(argv: list[str]) -> int:
         print(f"{run.status}: {run.path} ({run.note})")
     print(f"wrote {out / 'report.md'}, {out / 'report.csv'} and {len(pictures)} pictures")
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    with plain_simam():
+        return run_main(_main, argv)
 
 
 if __name__ == "__main__":

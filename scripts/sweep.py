@@ -28,19 +28,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Any, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from engine.reporting import ReportError, load_run  # noqa: E402
+from scripts.common import UserError, make_parser, run_main
+from scripts.runs import load_run
 
 _CONFIGS = {"main_cifar.py": "cifar", "main_imagenet.py": "imagenet"}
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ReportError(message)
 
 
 @dataclass
@@ -63,14 +56,14 @@ def expand(overrides: list[str]) -> list[list[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
-        raise ReportError(f"invalid override: {str(e).splitlines()[0]}") from None
+        raise UserError(f"invalid override: {str(e).splitlines()[0]}") from None
     choices = []
     for o in parsed:
         if o.is_sweep_override():
             try:
                 choices.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
             except Exception:  # noqa: BLE001 - glob() sweeps need the config group's options
-                raise ReportError(f"{o.input_line}: only list and range sweeps (a=x,y / range(1,6)) are supported here") from None
+                raise UserError(f"{o.input_line}: only list and range sweeps (a=x,y / range(1,6)) are supported here") from None
         else:
             choices.append([o.input_line])
     return [list(c) for c in itertools.product(*choices)]
@@ -91,10 +84,10 @@ def run_dir_of(config_name: str, overrides: list[str], job_num: int) -> tuple[Pa
             cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     except MissingConfigException as e:
         options = f"; valid: {', '.join(sorted(e.options))}" if getattr(e, "options", None) else ""
-        raise ReportError(f"job {' '.join(overrides)}: {str(e).splitlines()[0]}{options}") from None
+        raise UserError(f"job {' '.join(overrides)}: {str(e).splitlines()[0]}{options}") from None
     except Exception as e:  # noqa: BLE001 - Hydra's other composition errors
         lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-        raise ReportError(f"job {' '.join(overrides)}: {'; '.join(lines[:2]) or type(e).__name__}") from None
+        raise UserError(f"job {' '.join(overrides)}: {'; '.join(lines[:2]) or type(e).__name__}") from None
     finally:
         GlobalHydra.instance().clear()
     with open_dict(cfg):
@@ -111,12 +104,12 @@ def parse_gpus(text: str) -> list[str]:
         if "-" in part:
             a, _, b = part.partition("-")
             if not (a.isdigit() and b.isdigit()):
-                raise ReportError(f"--gpus {text!r}: expected ids such as 0,1,2,3 or 0-3")
+                raise UserError(f"--gpus {text!r}: expected ids such as 0,1,2,3 or 0-3")
             ids += [str(i) for i in range(int(a), int(b) + 1)]
         elif part.isdigit():
             ids.append(part)
         elif part:
-            raise ReportError(f"--gpus {text!r}: expected ids such as 0,1,2,3 or 0-3")
+            raise UserError(f"--gpus {text!r}: expected ids such as 0,1,2,3 or 0-3")
     return ids
 
 
@@ -125,7 +118,7 @@ def _is_complete(run_dir: Path) -> bool:
         return False
     try:
         return load_run(run_dir).status == "complete"
-    except ReportError:
+    except UserError:
         return False
 
 
@@ -133,51 +126,123 @@ def _quote(path: Path) -> str:
     return f"'{path}'" if "'" not in str(path) else str(path)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = OneLineParser(prog="sweep.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parse(argv: list[str]) -> tuple[Any, list[list[str]]]:
+    """(arguments, device slots: one list of GPU ids per concurrent job, or [] per CPU job)."""
+    parser = make_parser("sweep.py", __doc__)
     parser.add_argument("--gpus", help="GPU ids to use, e.g. 0,1,2,3 or 0-7; one job per --gpus-per-job of them at a time")
     parser.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per job (sets trainer.devices; default 1)")
     parser.add_argument("--jobs", type=int, help="without --gpus: this many jobs at a time (CPU; each gets cores/jobs threads)")
     parser.add_argument("--dry-run", action="store_true", help="print the jobs and their devices, run nothing")
     parser.add_argument("script", help="main_cifar.py or main_imagenet.py")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides; a=x,y sweeps")
-    try:
-        args = parser.parse_args(argv)
-        script = Path(args.script)
-        if script.name not in _CONFIGS:
-            raise ReportError(f"unknown script {args.script!r}; valid: {', '.join(_CONFIGS)}")
-        bad = [o for o in args.overrides if o.startswith("-")]
-        if bad:
-            raise ReportError(f"{bad[0]}: sweep.py takes Hydra overrides (key=value) only, not flags")
-        if args.gpus:
-            gpus = parse_gpus(args.gpus)
-            k = args.gpus_per_job
-            if k < 1 or len(gpus) < k:
-                raise ReportError(f"--gpus-per-job {k} with {len(gpus)} GPUs ({args.gpus})")
-            slots = [gpus[i:i + k] for i in range(0, len(gpus) - k + 1, k)]
-        else:
-            if args.jobs is None or args.jobs < 1:
-                raise ReportError("give --gpus IDS (one job per GPU) or --jobs N (N jobs at a time on the CPU)")
-            slots = [[] for _ in range(args.jobs)]
-        os.environ.setdefault("SIMAM_RUN_STAMP", time.strftime("%Y%m%d-%H%M%S"))  # one sweep dir for every job
-        combos = expand(args.overrides)
-        if args.gpus and args.gpus_per_job > 1 and not any(o.startswith("trainer.devices=") for o in args.overrides):
-            combos = [c + [f"trainer.devices={args.gpus_per_job}"] for c in combos]
-        dirs = [run_dir_of(_CONFIGS[script.name], c, i) for i, c in enumerate(combos)]
-        jobs = [Job(i, c, run_dir) for i, (c, (_, run_dir)) in enumerate(zip(combos, dirs))]
-        sweep_dir = dirs[0][0]
-        seen: dict[Path, Job] = {}
-        for j in jobs:
-            if j.run_dir in seen:
-                raise ReportError(f"jobs {seen[j.run_dir].index} and {j.index} would share the run dir {j.run_dir} "
-                                  f"({' '.join(seen[j.run_dir].overrides)} / {' '.join(j.overrides)}): put the swept key into "
-                                  "hydra.sweep.subdir, e.g. hydra.sweep.subdir='${data.name}-${model.arch}-${attention.name}-l${attention.e_lambda}-seed${seed}'")
-            seen[j.run_dir] = j
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args = parser.parse_args(argv)
+    args.script = Path(args.script)
+    if args.script.name not in _CONFIGS:
+        raise UserError(f"unknown script {str(args.script)!r}; valid: {', '.join(_CONFIGS)}")
+    bad = [o for o in args.overrides if o.startswith("-")]
+    if bad:
+        raise UserError(f"{bad[0]}: sweep.py takes Hydra overrides (key=value) only, not flags")
+    if not args.gpus:
+        if args.jobs is None or args.jobs < 1:
+            raise UserError("give --gpus IDS (one job per GPU) or --jobs N (N jobs at a time on the CPU)")
+        return args, [[] for _ in range(args.jobs)]
+    gpus, k = parse_gpus(args.gpus), args.gpus_per_job
+    if k < 1 or len(gpus) < k:
+        raise UserError(f"--gpus-per-job {k} with {len(gpus)} GPUs ({args.gpus})")
+    return args, [gpus[i:i + k] for i in range(0, len(gpus) - k + 1, k)]
 
+
+def plan(script: Path, overrides: list[str], gpus_per_job: int = 1) -> tuple[list[Job], Path]:
+    """(the jobs of the sweep with their run directories, the sweep directory); UserError if two jobs share a run dir."""
+    os.environ.setdefault("SIMAM_RUN_STAMP", time.strftime("%Y%m%d-%H%M%S"))  # one sweep dir for every job
+    combos = expand(overrides)
+    if gpus_per_job > 1 and not any(o.startswith("trainer.devices=") for o in overrides):
+        combos = [c + [f"trainer.devices={gpus_per_job}"] for c in combos]
+    dirs = [run_dir_of(_CONFIGS[script.name], c, i) for i, c in enumerate(combos)]
+    jobs = [Job(i, c, run_dir) for i, (c, (_, run_dir)) in enumerate(zip(combos, dirs))]
+    seen: dict[Path, Job] = {}
+    for j in jobs:
+        if j.run_dir in seen:
+            raise UserError(f"jobs {seen[j.run_dir].index} and {j.index} would share the run dir {j.run_dir} "
+                            f"({' '.join(seen[j.run_dir].overrides)} / {' '.join(j.overrides)}): put the swept key into "
+                            "hydra.sweep.subdir, e.g. hydra.sweep.subdir='${data.name}-${model.arch}-${attention.name}-l${attention.e_lambda}-seed${seed}'")
+        seen[j.run_dir] = j
+    return jobs, dirs[0][0]
+
+
+class _Stop(Exception):
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop(signum)
+
+
+class Scheduler:
+    """Runs jobs as child processes, one per free device slot, and records each in SWEEP_DIR/sweep.jsonl."""
+
+    def __init__(self, script: Path, slots: list[list[str]], use_gpus: bool, record: Any) -> None:
+        self.script, self.free, self.use_gpus, self.record = script, list(slots), use_gpus, record
+        self.threads = max(1, (os.cpu_count() or 1) // len(slots))
+        self.running: list[Job] = []
+        self.failed: list[Job] = []
+
+    def start(self, job: Job, slot: list[str]) -> None:
+        env = dict(os.environ)
+        if self.use_gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(slot)
+        else:
+            env.setdefault("OMP_NUM_THREADS", str(self.threads))
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, str(self.script), *job.overrides, f"hydra.run.dir={_quote(job.run_dir)}"]
+        with open(job.run_dir / "console.log", "a") as log:
+            job.proc = subprocess.Popen(cmd, cwd=os.getcwd(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.running.append(job)
+        job.slot, job.start = slot, time.time()
+        where = f" on GPU {','.join(slot)}" if self.use_gpus else ""
+        print(f"[{job.index}] start{where}: {' '.join(job.overrides)} -> {job.run_dir}", flush=True)
+
+    def finish(self, job: Job) -> None:
+        job.end, job.returncode = time.time(), job.proc.returncode
+        self.record.write(json.dumps({"job": job.index, "overrides": job.overrides, "run_dir": str(job.run_dir), "devices": job.slot,
+                                      "start": job.start, "end": job.end, "returncode": job.returncode}) + "\n")
+        self.record.flush()
+        state = "done" if job.returncode == 0 else f"FAILED (exit {job.returncode}, see {job.run_dir / 'console.log'})"
+        print(f"[{job.index}] {state} in {job.end - job.start:.0f} s", flush=True)
+        if job.returncode != 0:
+            self.failed.append(job)
+
+    def run(self, queue: list[Job]) -> int:
+        """Run every job; 130 after passing SIGINT/SIGTERM on to the running ones."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _raise_stop)
+        try:
+            while queue or self.running:
+                while queue and self.free:
+                    self.start(queue.pop(0), self.free.pop(0))
+                time.sleep(0.2)
+                for job in [j for j in self.running if j.proc.poll() is not None]:
+                    self.running.remove(job)
+                    self.finish(job)
+                    self.free.append(job.slot)
+        except _Stop as stop:
+            # the jobs run in sessions of their own (a terminal's Ctrl-C reaches only this process): pass the
+            # signal on once; the trainer then saves last.pth after its current step and exits with code 3
+            print(f"signal {stop.signum}: passing it to the {len(self.running)} running jobs, which save last.pth and stop", file=sys.stderr)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for job in self.running:
+                job.proc.send_signal(stop.signum)
+            for job in self.running:
+                job.proc.wait()
+                self.finish(job)
+            return 130
+        return 0
+
+
+def _main(argv: list[str]) -> int:
+    args, slots = _parse(argv)
+    jobs, sweep_dir = plan(args.script, args.overrides, args.gpus_per_job if args.gpus else 1)
     pending = [j for j in jobs if not _is_complete(j.run_dir)]
     for j in jobs:
         if j not in pending:
@@ -185,79 +250,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.dry_run:
         for j, slot in zip(pending, itertools.cycle(slots)):
             devices = f"CUDA_VISIBLE_DEVICES={','.join(slot)} " if args.gpus else ""
-            print(f"[{j.index}] {devices}{shlex.join([sys.executable, str(script), *j.overrides, f'hydra.run.dir={_quote(j.run_dir)}'])}")
+            print(f"[{j.index}] {devices}{shlex.join([sys.executable, str(args.script), *j.overrides, f'hydra.run.dir={_quote(j.run_dir)}'])}")
         print(f"{len(pending)} jobs, {len(slots)} at a time; sweep dir {sweep_dir}")
         return 0
-
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    record = open(sweep_dir / "sweep.jsonl", "a")
-    threads = max(1, (os.cpu_count() or 1) // len(slots))
-    free = list(slots)
-    running: list[Job] = []
-    queue = list(pending)
-    failed: list[Job] = []
-
-    def start(job: Job, slot: list[str]) -> None:
-        env = dict(os.environ)
-        if args.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(slot)
-        else:
-            env.setdefault("OMP_NUM_THREADS", str(threads))
-        job.run_dir.mkdir(parents=True, exist_ok=True)
-        log = open(job.run_dir / "console.log", "a")
-        cmd = [sys.executable, str(script), *job.overrides, f"hydra.run.dir={_quote(job.run_dir)}"]
-        job.proc = subprocess.Popen(cmd, cwd=os.getcwd(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        running.append(job)
-        log.close()
-        job.slot, job.start = slot, time.time()
-        where = f" on GPU {','.join(slot)}" if args.gpus else ""
-        print(f"[{job.index}] start{where}: {' '.join(job.overrides)} -> {job.run_dir}", flush=True)
-
-    def finish(job: Job) -> None:
-        job.end, job.returncode = time.time(), job.proc.returncode
-        record.write(json.dumps({"job": job.index, "overrides": job.overrides, "run_dir": str(job.run_dir), "devices": job.slot,
-                                 "start": job.start, "end": job.end, "returncode": job.returncode}) + "\n")
-        record.flush()
-        state = "done" if job.returncode == 0 else f"FAILED (exit {job.returncode}, see {job.run_dir / 'console.log'})"
-        print(f"[{job.index}] {state} in {job.end - job.start:.0f} s", flush=True)
-        if job.returncode != 0:
-            failed.append(job)
-
-    class _Stop(Exception):
-        def __init__(self, signum: int) -> None:
-            self.signum = signum
-
-    def _raise(signum: int, frame: object) -> None:
-        raise _Stop(signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _raise)
-    try:
-        while queue or running:
-            while queue and free:
-                start(queue.pop(0), free.pop(0))
-            time.sleep(0.2)
-            for job in list(running):
-                if job.proc.poll() is not None:
-                    running.remove(job)
-                    finish(job)
-                    free.append(job.slot)
-    except _Stop as stop:
-        # the jobs run in sessions of their own (a terminal's Ctrl-C reaches only this process): pass the
-        # signal on once; the trainer then saves last.pth after its current step and exits with code 3
-        print(f"signal {stop.signum}: passing it to the {len(running)} running jobs, which save last.pth and stop", file=sys.stderr)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for job in running:
-            job.proc.send_signal(stop.signum)
-        for job in running:
-            job.proc.wait()
-            finish(job)
-        record.close()
-        return 130
-    record.close()
-    done = f"{len(pending) - len(failed)}/{len(pending)} jobs succeeded" if pending else "nothing to run: every run is complete"
+    with open(sweep_dir / "sweep.jsonl", "a") as record:
+        scheduler = Scheduler(args.script, slots, bool(args.gpus), record)
+        if scheduler.run(list(pending)) == 130:
+            return 130
+    done = f"{len(pending) - len(scheduler.failed)}/{len(pending)} jobs succeeded" if pending else "nothing to run: every run is complete"
     print(f"{done}; report: python scripts/report.py {sweep_dir}")
-    return 1 if failed else 0
+    return 1 if scheduler.failed else 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

@@ -12,29 +12,19 @@ device, torch version and settings, one line per model (also as JSON with --json
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Any, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-import networks  # noqa: E402
-from engine.reporting import ReportError, load_checkpoint_model  # noqa: E402
+import networks
+from scripts.common import UserError, load_checkpoint_model, make_parser, run_main
 
 _AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ReportError(message)
 
 
 def device_name(device: torch.device) -> str:
@@ -66,14 +56,14 @@ def measure(model: torch.nn.Module, batch_size: int, image_size: int, device: to
     return {"images_per_s": batch_size / median, "median_batch_s": median, "batches": repeats}
 
 
-def _models(args: argparse.Namespace) -> list[tuple[str, torch.nn.Module, int]]:
+def _models(args: Any) -> list[tuple[str, torch.nn.Module, int]]:
     """(label, model, image size) of each checkpoint, or of --arch."""
     if args.arch:
         try:
             info = networks.model_info(args.arch)
             model = networks.create_model(args.arch, num_classes=args.num_classes or info.num_classes, attention=args.attention)
         except ValueError as e:
-            raise ReportError(str(e).splitlines()[0]) from None
+            raise UserError(str(e).splitlines()[0]) from None
         return [(f"{args.arch} + {args.attention} (untrained)", model, args.image_size or info.input_size)]
     out = []
     for path in args.checkpoints:
@@ -83,9 +73,8 @@ def _models(args: argparse.Namespace) -> list[tuple[str, torch.nn.Module, int]]:
     return out
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = OneLineParser(prog="throughput.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parse(argv: list[str]) -> Any:
+    parser = make_parser("throughput.py", __doc__)
     parser.add_argument("checkpoints", nargs="*", metavar="CKPT", help="checkpoints of this project (or use --arch)")
     parser.add_argument("--arch", help="time an untrained registry architecture instead, e.g. resnet50, cifar_resnet20")
     parser.add_argument("--attention", default="none", help="attention type with --arch (default: none)")
@@ -99,24 +88,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=30, help="timed batches (default 30)")
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads; default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per model instead of text")
-    try:
-        args = parser.parse_args(argv)
-        if bool(args.arch) == bool(args.checkpoints):
-            raise ReportError("give checkpoints or --arch NAME (not both)")
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise ReportError("--device cuda but no CUDA GPU is visible: use --device cpu")
-        if args.amp == "fp16" and args.device == "cpu":
-            raise ReportError("--amp fp16 needs --device cuda (use bf16 on the CPU)")
-        if min(args.batch_size, args.repeats) < 1 or args.warmup < 0:
-            raise ReportError("--batch-size and --repeats must be >= 1, --warmup >= 0")
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ReportError("--threads must be >= 1")
-            torch.set_num_threads(args.threads)
-        models = _models(args)
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args = parser.parse_args(argv)
+    if bool(args.arch) == bool(args.checkpoints):
+        raise UserError("give checkpoints or --arch NAME (not both)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA GPU is visible: use --device cpu")
+    if args.amp == "fp16" and args.device == "cpu":
+        raise UserError("--amp fp16 needs --device cuda (use bf16 on the CPU)")
+    if min(args.batch_size, args.repeats) < 1 or args.warmup < 0:
+        raise UserError("--batch-size and --repeats must be >= 1, --warmup >= 0")
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be >= 1")
+    return args
+
+
+def _main(argv: list[str]) -> int:
+    args = _parse(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    models = _models(args)
     device = torch.device(args.device)
     settings = f"batch {args.batch_size}, amp {args.amp}" + (", channels_last" if args.channels_last else "")
     for label, model, size in models:
@@ -128,6 +118,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{label}: {result['images_per_s']:.1f} images/s ({size}x{size}, {settings}, median of {args.repeats} batches; "
                   f"{device_name(device)}, torch {torch.__version__})")
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import networks
-from engine.reporting import default_paper_dir
+from scripts.common import default_paper_dir
 from networks.registry import SIMAM_CIFAR_NAMES
 from networks.profile import profile_model
 

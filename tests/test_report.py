@@ -1,52 +1,39 @@
-"""Reproduction tooling on CPU: the paper's experiment configs, sweeps (Hydra multirun and scripts/sweep.py),
-scripts/report.py, scripts/gradcam.py and scripts/throughput.py."""
+"""scripts/report.py and what it reads (scripts/runs.py, the published numbers of scripts/common.py):
+a synthetic sweep with malformed lines, failed and unreadable runs (fast), and a real 2x2 sweep (slow)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import re
+import os
 import shutil
 import statistics
-import sys
+import time
 from pathlib import Path
 
 import pytest
-import torch
+from omegaconf import OmegaConf
 
-from clihelpers import ROOT, assert_user_error, check_ok, metrics, run_cli
-
-EXPERIMENTS = ROOT / "configs" / "experiment" / "paper"
-TINY = ["data=fake", "data.num_train=64", "data.num_val=32", "data.batch_size=32", "trainer.epochs=1"]
-ENV = {"OMP_NUM_THREADS": "1"}  # (run_cli adds clihelpers.SUBPROCESS_ENV: SimAM without torch.compile start-up)
-ATTENTIONS = ["none", "se", "cbam", "eca", "srm", "gc", "simam"]
+from clihelpers import assert_user_error, check_ok, metrics, run_cli
+from helpers.sweeps import one_error_line, tiny_sweep
+from scripts import report
+from scripts.common import lookup_published, lookup_published_params, paper_arch_name, paper_block, read_published, read_published_params
+from scripts.runs import find_run_dirs, load_run, read_metrics
 
 CIFAR_CSV = """dataset,arch,block,attention,attention_param,params_M,top1,runs,source
 cifar100,resnet20,basic,simam,1e-4,0.2783,69.83,1 (seed 0),original SimAM repository training log
+cifar100,resnet164,bottleneck,simam,1e-4,1.7273,75.00,1,made up for the test
 cifar10,alexnet,,none,,7.524042,84.29,1 (best of 50 epochs),AlexNet notebook
 """
 IMAGENET_CSV = """arch,attention,attention_param,params_M,flops_G,top1,top5,source
 resnet50,simam,0.1,25.56,4.11,77.45,93.66,original SimAM repository README
 resnext50_32x4d,none,,25.03,4.26,77.47,93.52,original SimAM repository evaluation log
 """
-
-
-def _script(name: str):
-    """scripts/NAME.py as a module, to call its main(argv) in this process."""
-    key = f"scripts_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, ROOT / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-    return sys.modules[key]
-
-
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if l.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+PARAMS_CSV = """# comment line
+dataset,arch,block,none,se_r16,se_r4,cbam_r16,cbam_r4,simam
+imagenet,resnet50,bottleneck,25.5570,28.0720,,28.0896,,25.5570
+cifar100,resnet20,basic,0.2783,0.2803,0.2864,0.2816,0.2877,0.2783
+cifar100,resnet164,bottleneck,1.7273,1.9208,2.5014,1.9348,2.5169,1.7273
+"""
 
 
 @pytest.fixture(scope="module")
@@ -54,94 +41,19 @@ def paper_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("paper")
     (d / "cifar.csv").write_text(CIFAR_CSV)
     (d / "imagenet.csv").write_text(IMAGENET_CSV)
+    (d / "params.csv").write_text(PARAMS_CSV)
     return d
-
-
-# ------------------------------------------------------------------------------ experiment configs
-def _expected(stem: str) -> dict:
-    """What each paper experiment must compose to (shared/paper/recipes.md)."""
-    dataset, _, arch = stem.partition("_")
-    if dataset == "imagenet":
-        if arch == "mobilenet_v2":
-            return dict(primary="imagenet", arch=arch, data="imagenet", optim=("sgd", 0.05, 4e-5), sched="cosine", epochs=150, batch=256, lam=0.1)
-        return dict(primary="imagenet", arch=arch, data="imagenet", optim=("sgd", 0.1, 1e-4), sched=("step", [30, 60, 90]), epochs=100, batch=256, lam=0.1)
-    if arch == "alexnet":
-        return dict(primary="cifar", arch="alexnet", data="cifar10", optim=("adam", 5e-4, 1e-5), sched="cosine", epochs=50, batch=128, lam=1e-5)
-    return dict(primary="cifar", arch=f"cifar_{arch}", data=dataset, optim=("sgd", 0.1, 5e-4), sched=("step", [82, 123]), epochs=164, batch=128, lam=1e-4)
-
-
-def test_every_published_configuration_has_an_experiment():
-    cifar = [f"{d}_{a}" for d in ("cifar10", "cifar100") for a in ("resnet20", "resnet56", "resnet110", "preresnet56", "wrn16_8", "mobilenetv2")]
-    imagenet = [f"imagenet_{a}" for a in ("resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "mobilenet_v2")]
-    assert sorted(p.stem for p in EXPERIMENTS.glob("*.yaml")) == sorted(cifar + imagenet + ["cifar10_alexnet"])
-
-
-@pytest.mark.parametrize("stem", sorted(p.stem for p in EXPERIMENTS.glob("*.yaml")))
-def test_paper_experiment_composes(stem):
-    import networks
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    exp = _expected(stem)
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        default = compose(exp["primary"], overrides=[f"experiment=paper/{stem}"])
-        plain = compose(exp["primary"], overrides=[f"experiment=paper/{stem}", "attention=none", "seed=3"])
-    for cfg in (default, plain):
-        assert cfg.model.arch == exp["arch"] and cfg.data.name == exp["data"]
-        name, lr, wd = exp["optim"]
-        assert cfg.optim.name == name and float(cfg.optim.lr) == pytest.approx(lr) and float(cfg.optim.weight_decay) == pytest.approx(wd)
-        sched = exp["sched"] if isinstance(exp["sched"], str) else exp["sched"][0]
-        assert cfg.sched.name == sched
-        if sched == "step":
-            assert list(cfg.sched.milestones) == exp["sched"][1] and cfg.sched.gamma == 0.1
-        assert cfg.trainer.epochs == exp["epochs"] and cfg.data.batch_size == exp["batch"]
-        assert cfg.optim.name != "sgd" or cfg.optim.momentum == 0.9
-    resolved = OmegaConf.to_container(default.attention, resolve=True)
-    assert resolved == {"name": "simam", "e_lambda": pytest.approx(exp["lam"])}  # SimAM unless attention= says otherwise
-    assert plain.attention.name == "none" and plain.seed == 3  # the command line wins over the experiment
-    info = networks.model_info(exp["arch"])
-    assert info.family == ("cifar" if exp["primary"] == "cifar" and exp["arch"] != "alexnet" else "imagenet")
-    if exp["arch"] == "alexnet":
-        assert default.data.image_size == 128 and default.loss.label_smoothing == 0.1
-
-
-@pytest.mark.parametrize("stem", sorted(p.stem for p in EXPERIMENTS.glob("*.yaml")))
-def test_paper_experiment_header(stem):
-    text = (EXPERIMENTS / f"{stem}.yaml").read_text()
-    header = "".join(l for l in text.splitlines(keepends=True) if l.startswith("#"))
-    assert text.startswith("# @package _global_\n")
-    script = "main_imagenet.py" if stem.startswith("imagenet") else "main_cifar.py"
-    assert re.search(rf"python {script} -m experiment=paper/{stem} attention=\S+", header), header  # the sweep command
-    assert "no published number" in header  # every file has attention types without one
-    assert all(not l.strip() or l.startswith(("#", " ", "-", "defaults", "model", "sched", "data", "optim", "trainer"))
-               for l in text.splitlines()), "override-only: no new top-level sections"
-
-
-def test_headers_quote_the_published_numbers():
-    """Every published top-1 of shared/paper appears in the header of the experiment that reproduces it."""
-    from engine.reporting import default_paper_dir, read_published
-
-    paper = default_paper_dir()
-    if not (paper / "cifar.csv").is_file():
-        pytest.skip(f"no shared/paper at {paper} (set SIMAM_PAPER_DIR)")
-    table = read_published(paper)
-    assert table
-    for (dataset, arch, attention), pub in table.items():
-        stem = f"{dataset}_{arch}" if dataset != "imagenet" else f"imagenet_{arch}"
-        header = (EXPERIMENTS / f"{stem}.yaml").read_text()
-        assert f"{attention} {pub.top1:.2f}" in header or re.search(rf"{attention}[^\n]*{pub.top1:.2f}", header), (stem, attention, pub.top1)
 
 
 # ------------------------------------------------------------------------------ published numbers
 def test_published_lookup(paper_dir):
-    from engine.reporting import lookup_published, paper_arch_name, read_published
-
     table = read_published(paper_dir)
     pub = lookup_published(table, "cifar100", "cifar_resnet20", "simam")
     assert pub.top1 == 69.83 and pub.top5 is None and pub.attention_param == "1e-4" and pub.file == "cifar.csv"
+    assert pub.params_M == "0.2783" and pub.block == "basic"
     assert lookup_published(table, "cifar10", "alexnet", "none").top1 == 84.29
     pub = lookup_published(table, "imagenet", "resnet50", "simam")
-    assert (pub.top1, pub.top5) == (77.45, 93.66)
+    assert (pub.top1, pub.top5, pub.flops_G) == (77.45, 93.66, "4.11")
     assert lookup_published(table, "imagenet", "resnext50_32x4d", "none").top1 == 77.47
     assert lookup_published(table, "cifar100", "cifar_resnet20", "se") is None
     assert lookup_published(table, "cifar10", "cifar_resnet20", "simam") is None
@@ -149,29 +61,187 @@ def test_published_lookup(paper_dir):
     assert read_published(paper_dir / "missing") == {}
 
 
-# ------------------------------------------------------------------------------ a sweep and its report
+def test_published_lookup_takes_the_block_into_account(paper_dir):
+    """ResNet-164 is published with bottleneck blocks: a basic-block ResNet-164 (or ResNet-20 with bottlenecks) is another network."""
+    table, params = read_published(paper_dir), read_published_params(paper_dir)
+    assert paper_block("cifar_resnet164") == "bottleneck" and paper_block("cifar_resnet20") == "basic"
+    assert paper_block("cifar_preresnet56") == "prebasic" and paper_block("cifar_wrn16_8") == "widebasic"
+    assert paper_block("resnet18") == "basic" and paper_block("resnet50") == "bottleneck" and paper_block("alexnet") == ""
+    assert lookup_published(table, "cifar100", "cifar_resnet164", "simam").top1 == 75.00
+    assert lookup_published(table, "cifar100", "cifar_resnet164", "simam", block="bottleneck").top1 == 75.00
+    assert lookup_published(table, "cifar100", "cifar_resnet164", "simam", block="basic") is None
+    assert lookup_published(table, "cifar100", "cifar_resnet20", "simam", block="bottleneck") is None
+    assert lookup_published_params(params, "cifar100", "cifar_resnet164", "none") == "1.7273"
+    assert lookup_published_params(params, "cifar100", "cifar_resnet164", "none", block="basic") is None
+    assert lookup_published_params(params, "cifar100", "cifar_resnet20", "se", {"reduction": 4}) == "0.2864"
+    assert lookup_published_params(params, "cifar100", "cifar_resnet20", "se") == "0.2803"  # reduction 16
+    assert lookup_published_params(params, "imagenet", "resnet50", "simam", {"e_lambda": 0.1}) == "25.5570"  # params.csv's 4 decimals
+    assert lookup_published_params(params, "cifar100", "cifar_resnet20", "eca") is None
+
+
+# ------------------------------------------------------------------------------ a synthetic sweep
+def _config(arch="cifar_resnet20", attention=None, seed=1, epochs=2, dataset="cifar100", block=None, image_size=32) -> dict:
+    return {
+        "data": {"name": dataset, "root": "nowhere", "image_size": image_size, "augment": "cifar", "num_classes": None, "batch_size": 128},
+        "model": {"arch": arch, "block": block, "kwargs": {}},
+        "attention": attention or {"name": "simam", "e_lambda": 1e-4},
+        "optim": {"name": "sgd", "lr": 0.1, "weight_decay": 5e-4}, "sched": {"name": "step", "milestones": [82, 123], "gamma": 0.1},
+        "trainer": {"epochs": epochs, "devices": 1, "accelerator": "cpu"}, "seed": seed,
+    }
+
+
+def _record(epoch: int, acc1: float, acc5: float) -> str:
+    return json.dumps({"epoch": epoch, "train_loss": 1.0, "val_loss": 1.0, "train_acc1": acc1, "val_acc1": acc1, "val_acc5": acc5,
+                       "throughput": 100.0}) + "\n"
+
+
+def _run(root: Path, name: str, config: dict, lines: list, status: dict | None = None) -> Path:
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(config), run / ".hydra" / "config.yaml")
+    (run / "metrics.jsonl").write_bytes(b"".join(l.encode() if isinstance(l, str) else l for l in lines))
+    if status is not None:
+        status = {"epoch": None, "error": None, "exit_code": None, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **status}
+        (run / "status.json").write_text(json.dumps(status))
+    return run
+
+
+@pytest.fixture()
+def synthetic(tmp_path) -> Path:
+    """Two complete seeds (one with malformed lines), failed, preempted, stale and unreadable runs."""
+    root = tmp_path / "sweep"
+    malformed = ["42\n", '{"epoch": "abc", "val_acc1": 99.0}\n', b"\xff\xfe\x00 not utf-8\n", "[1, 2]\n", '{"val_acc1": 98.0}\n',
+                 '{"epoch": 2, "val_acc1": 9']
+    _run(root, "seed1", _config(seed=1), [_record(1, 50.0, 80.0), *malformed[:5], _record(2, 60.0, 85.0), malformed[5]], {"state": "done", "epoch": 2})
+    _run(root, "seed2", _config(seed=2), [_record(1, 55.0, 82.0), _record(2, 58.0, 84.0)])  # no status.json: today's rules
+    _run(root, "failed", _config(seed=3), [_record(1, 40.0, 70.0)],
+         {"state": "failed", "epoch": 1, "error": "RuntimeError: CUDA out of memory", "exit_code": 1})
+    _run(root, "failed_early", _config(seed=4), [], {"state": "failed", "error": "error: data.root nowhere does not exist", "exit_code": 2})
+    _run(root, "preempted", _config(seed=5), [_record(1, 41.0, 71.0)], {"state": "preempted", "epoch": 1, "exit_code": 3})
+    stale = _run(root, "stale", _config(seed=6), [_record(1, 42.0, 72.0)], {"state": "running", "epoch": 1, "updated": "2001-01-01T00:00:00"})
+    for p in stale.rglob("*"):  # a run killed long ago: nothing written since
+        os.utime(p, (978307200, 978307200))
+    _run(root, "running", _config(seed=7), [_record(1, 43.0, 73.0)], {"state": "running", "epoch": 1})
+    bad = _run(root, "bad_yaml", _config(seed=8), [_record(1, 1.0, 2.0)])
+    (bad / ".hydra" / "config.yaml").write_text("model: [unclosed\n  - {")
+    junk = _run(root, "junk_status", _config(seed=9), [_record(1, 44.0, 74.0)])
+    (junk / "status.json").write_text("{not json")
+    return root
+
+
+def test_read_metrics_skips_unreadable_lines_naming_the_file(synthetic):
+    path = synthetic / "seed1" / "metrics.jsonl"
+    records, repeated, warnings = read_metrics(path)
+    assert [r["epoch"] for r in records] == [1, 2] and [r["val_acc1"] for r in records] == [50.0, 60.0] and not repeated
+    assert len(warnings) == 6 and all(w.startswith(f"{path}:") for w in warnings)
+    assert [int(w.split(":")[1]) for w in warnings] == [2, 3, 4, 5, 6, 8]  # line numbers
+    assert "not UTF-8" in warnings[2] and "not an object" in warnings[0] and "not JSON" in warnings[5]
+
+
+def test_status_comes_from_status_json(synthetic):
+    runs = {p.name: load_run(p) for p in find_run_dirs([synthetic]) if p.name != "bad_yaml"}
+    assert runs["seed1"].status == "complete" and runs["seed1"].state["state"] == "done" and runs["seed2"].status == "complete"
+    assert runs["failed"].status == "failed" and "CUDA out of memory" in runs["failed"].note and "exit code 1" in runs["failed"].note
+    assert runs["failed_early"].status == "failed" and "before its first epoch" in runs["failed_early"].note  # was "in progress"
+    assert runs["preempted"].status == "interrupted" and "auto_resume" in runs["preempted"].note
+    assert runs["stale"].status == "stopped" and "killed" in runs["stale"].note
+    assert runs["running"].status == "in progress"
+    junk = runs["junk_status"]
+    assert junk.status == "in progress" and any(str(synthetic / "junk_status" / "status.json") in w for w in junk.warnings)
+    with pytest.raises(Exception, match="config.yaml"):
+        load_run(synthetic / "bad_yaml")
+
+
+def test_report_of_a_sweep_with_malformed_lines(synthetic, paper_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert report.main([str(synthetic), "--out", str(out), "--paper", str(paper_dir), "--no-plots"]) == 0
+    captured = capsys.readouterr()
+    warnings = [l for l in captured.err.splitlines() if l.startswith("warning:")]
+    assert sum(str(synthetic / "seed1" / "metrics.jsonl") in w for w in warnings) == 6
+    assert any(str(synthetic / "bad_yaml" / ".hydra" / "config.yaml") in w and "skipped" in w for w in warnings)
+    assert "Traceback" not in captured.err
+
+    with open(out / "report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["n"] == "2" and rows[0]["seeds"] == "1,2"
+    row = rows[0]
+    assert float(row["best_top1_mean"]) == pytest.approx(59.0) and float(row["best_top5_mean"]) == pytest.approx(84.5)
+    assert float(row["published_top1"]) == 69.83 and float(row["diff_top1"]) == pytest.approx(59.0 - 69.83)
+    assert row["published_top5"] == "" and row["diff_top5"] == ""  # cifar.csv has no top-5
+    assert row["published_params_M"] == "0.2783" and float(row["params_M"]) == pytest.approx(0.2783, abs=1e-4)
+    md = (out / "report.md").read_text()
+    others = md.split("## Runs not averaged")[1]
+    assert f"`{(synthetic / 'failed').resolve()}` | failed | 1/2 |" in others and "CUDA out of memory" in others
+    assert f"`{(synthetic / 'failed_early').resolve()}` | failed | 0/2 |" in others
+    assert f"`{(synthetic / 'preempted').resolve()}` | interrupted |" in others
+    assert "## Skipped (unreadable)" in md and "bad_yaml" in md.split("## Skipped (unreadable)")[1]
+
+
+def test_report_shows_top5_deltas_and_published_params_flops(tmp_path, paper_dir, capsys):
+    root = tmp_path / "runs"
+    att = {"name": "simam", "e_lambda": 0.1}
+    _run(root, "r50", _config("resnet50", att, dataset="imagenet", epochs=1, image_size=64), [_record(1, 70.0, 90.0)], {"state": "done"})
+    _run(root, "r164", _config("cifar_resnet164", epochs=1, block="basic"), [_record(1, 70.0, 90.0)], {"state": "done"})
+    out = tmp_path / "out"
+    assert report.main([str(root), "--out", str(out), "--paper", str(paper_dir), "--no-plots"]) == 0
+    with open(out / "report.csv", newline="") as f:
+        rows = {r["arch"]: r for r in csv.DictReader(f)}
+    r50 = rows["resnet50"]
+    assert float(r50["diff_top1"]) == pytest.approx(70.0 - 77.45) and float(r50["diff_top5"]) == pytest.approx(90.0 - 93.66)
+    assert r50["published_params_M"] == "25.5570" and r50["published_flops_G"] == "4.11" and float(r50["macs_thop_G"]) > 0
+    r164 = rows["cifar_resnet164"]  # trained with basic blocks: the published bottleneck numbers are another network's
+    assert r164["block"] == "basic" and r164["published_top1"] == "" and r164["published_params_M"] == ""
+    md = (out / "report.md").read_text()
+    assert "| Δ top-5 |" in md and "| -3.66 |" in md and "| 25.5570 |" in md and "| 4.11 |" in md
+
+
+def test_report_errors_are_one_line(tmp_path, synthetic, capsys):
+    (tmp_path / "empty").mkdir()
+    cases = [
+        ([str(tmp_path / "missing")], "does not exist"),
+        ([str(tmp_path / "empty")], "no run directories"),
+        ([str(synthetic), "--paper", str(tmp_path / "nope")], "--paper"),
+        ([str(synthetic), "--dataset-alias", "fake"], "OURS=PAPER"),
+        ([str(synthetic), "--bogus"], "--bogus"),
+    ]
+    for argv, needle in cases:
+        assert report.main(argv) == 2, argv
+        assert needle in one_error_line(capsys), (argv, needle)
+
+
+def test_report_runs_as_a_file(tmp_path):
+    """`python scripts/report.py` (needs `pip install -e .`, which makes the packages importable) and `python -m scripts.report`."""
+    proc = run_cli([str(tmp_path / "missing")], script="scripts/report.py")
+    assert "No module named" not in proc.stderr, "the packages are not installed: run `pip install -e .` in the repository"
+    assert_user_error(proc, "does not exist")
+    assert_user_error(run_cli(["scripts.report", str(tmp_path / "missing")], script="-m"), "does not exist")
+    proc = run_cli(["scripts.report", "--help"], script="-m")
+    assert proc.returncode == 0 and "python scripts/report.py multirun/" in proc.stdout
+
+
+# ------------------------------------------------------------------------------ a real sweep and its report
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
-    """A 2x2 Hydra multirun (basic launcher, one job after another): attention none/simam x seeds 1, 2."""
-    sweep_dir = tmp_path_factory.mktemp("multirun") / "sweep"
-    check_ok(run_cli(["-m", *TINY, "attention=none,simam", "seed=1,2", f"hydra.sweep.dir={sweep_dir}"], env=ENV))
-    return sweep_dir
+    return tiny_sweep(tmp_path_factory)
 
 
 def _in_progress_run(sweep: Path, root: Path) -> Path:
     """A copy of one run that says 3 epochs but logged 1, without summary.json: still training."""
-    from omegaconf import OmegaConf
-
     run = root / "running" / "fake-cifar_resnet20-none-seed7"
     shutil.copytree(sweep / "fake-cifar_resnet20-none-seed1", run)
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     cfg.trainer.epochs, cfg.seed = 3, 7
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
     (run / "summary.json").unlink()
+    for name in ("status.json",):
+        if (run / name).exists():
+            (run / name).write_text(json.dumps({"state": "running", "epoch": 1, "error": None, "exit_code": None,
+                                                "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}))
     return run
 
 
 def _failed_run(sweep: Path, root: Path) -> Path:
+    """A run that failed before its first epoch, without status.json: the log says why."""
     run = root / "failed" / "run"
     (run / ".hydra").mkdir(parents=True)
     shutil.copy(sweep / "fake-cifar_resnet20-simam-seed1" / ".hydra" / "config.yaml", run / ".hydra" / "config.yaml")
@@ -180,22 +250,12 @@ def _failed_run(sweep: Path, root: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_multirun_dirs(sweep):
-    runs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert runs == [f"fake-cifar_resnet20-{a}-seed{s}" for a in ("none", "simam") for s in (1, 2)]
-    for r in runs:
-        assert (sweep / r / ".hydra" / "config.yaml").is_file() and (sweep / r / "summary.json").is_file()
-
-
-@pytest.mark.slow
 def test_report(sweep, tmp_path, paper_dir, capsys):
     running, failed = _in_progress_run(sweep, tmp_path), _failed_run(sweep, tmp_path)
     out = tmp_path / "report"
-    report = _script("report")
     assert report.main([str(sweep), str(running.parent), str(failed.parent), "--out", str(out), "--paper", str(paper_dir),
                         "--dataset-alias", "fake=cifar100"]) == 0
-    stdout = capsys.readouterr().out
-    assert "published 69.83" in stdout
+    assert "published 69.83" in capsys.readouterr().out
 
     with open(out / "report.csv", newline="") as f:
         rows = {r["attention"]: r for r in csv.DictReader(f)}
@@ -229,157 +289,12 @@ def test_report(sweep, tmp_path, paper_dir, capsys):
 
 @pytest.mark.slow
 def test_load_run_statuses(sweep, tmp_path):
-    from engine.reporting import find_run_dirs, load_run
-
     running = _in_progress_run(sweep, tmp_path)
     assert load_run(running).status == "in progress"
     assert load_run(sweep / "fake-cifar_resnet20-none-seed1").status == "complete"
-    assert load_run(running, now=running.stat().st_mtime + 10 * 3600).status == "stopped"  # no news for 10 hours
+    assert load_run(running, now=time.time() + 10 * 3600).status == "stopped"  # no news for 10 hours
     assert find_run_dirs([tmp_path]) == [running.resolve()]
     with open(running / "metrics.jsonl", "a") as f:  # the same epoch again (a restart without resume)
         f.write((running / "metrics.jsonl").read_text())
     run = load_run(running)
     assert run.epochs_done == 1 and run.repeated_epochs and "repeats epochs" in run.note
-
-
-# ------------------------------------------------------------------------------ Grad-CAM
-def test_gradcam_is_cam_for_a_global_pooling_head():
-    """With GAP + linear after the layer, Grad-CAM's channel weights are the class's linear weights / (H*W) (Zhou et al.'s CAM)."""
-    from torch import nn
-
-    gradcam = _script("gradcam")
-    torch.manual_seed(0)
-    features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=2, padding=1))
-    head = nn.Linear(6, 4)
-    model = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head).eval()
-    x = torch.randn(1, 3, 20, 20)
-    cam, probs = gradcam.grad_cam(model, x, features)
-    cls = int(probs.argmax())
-    with torch.no_grad():
-        a = features(x)
-        expected = torch.relu((head.weight[cls][:, None, None] * a[0]).sum(0))[None, None]
-        expected = torch.nn.functional.interpolate(expected, size=(20, 20), mode="bilinear", align_corners=False)[0, 0]
-    assert cam.shape == (20, 20) and float(cam.max()) == pytest.approx(1.0)
-    torch.testing.assert_close(cam, expected / expected.max(), rtol=1e-5, atol=1e-6)
-
-
-def test_simam_weight_map_is_what_simam_multiplies_by():
-    from networks.attention import SimAM
-
-    gradcam = _script("gradcam")
-    module = SimAM(16, e_lambda=1e-4)
-    x = torch.randn(2, 16, 7, 5)
-    torch.testing.assert_close(module(x), x * gradcam.simam_weights(module, x), rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.slow
-def test_gradcam_script(sweep, tmp_path, capsys):
-    from PIL import Image
-    import numpy as np
-
-    photo = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 45, 3), dtype=np.uint8)).save(photo)
-    none_ckpt = sweep / "fake-cifar_resnet20-none-seed1" / "checkpoints" / "best.pth"
-    simam_ckpt = sweep / "fake-cifar_resnet20-simam-seed1" / "checkpoints" / "best.pth"
-    out = tmp_path / "cam"
-    gradcam = _script("gradcam")
-    assert gradcam.main([str(none_ckpt), str(simam_ckpt), "--images", "val:0", str(photo), "--simam-layer", "last", "--out", str(out)]) == 0
-    maps = np.load(out / "gradcam.npz")
-    for i in (0, 1):
-        assert maps[f"image/{i}"].shape == (32, 32, 3)  # the image as the model sees it (the run's image size)
-        for j in (0, 1):
-            cam = maps[f"gradcam/{i}/{j}"]
-            assert cam.shape == (32, 32) and 0 <= cam.min() and cam.max() <= 1 + 1e-6
-        assert maps[f"simam/{i}/1"].shape == (32, 32) and maps[f"simam_raw/{i}/1"].shape == (8, 8)  # ResNet-20's last stage: 8x8
-        assert 0.5 < maps[f"simam_raw/{i}/1"].min() and maps[f"simam_raw/{i}/1"].max() < 1  # sigmoid(E_inv), E_inv >= 1/2
-        assert f"simam/{i}/0" not in maps  # the plain network has no SimAM
-    for name in ("gradcam.png", "simam.png"):
-        assert (out / name).stat().st_size > 5_000
-    assert gradcam.main([str(simam_ckpt), "--images", "val:1", "--layer", "layer2", "--out", str(out / "l2")]) == 0
-    assert np.load(out / "l2" / "gradcam.npz")["gradcam/0/0"].shape == (32, 32)
-
-
-# ------------------------------------------------------------------------------ throughput
-@pytest.mark.slow
-def test_throughput(sweep, capsys):
-    throughput = _script("throughput")
-    threads = torch.get_num_threads()
-    ckpt = sweep / "fake-cifar_resnet20-none-seed1" / "checkpoints" / "best.pth"
-    try:
-        assert throughput.main([str(ckpt), "--batch-size", "8", "--warmup", "1", "--repeats", "3", "--threads", "1"]) == 0
-        line = capsys.readouterr().out.strip().splitlines()[-1]
-        assert float(re.search(r": ([0-9.]+) images/s", line).group(1)) > 0
-        assert "cifar_resnet20 + none" in line and "32x32" in line and f"torch {torch.__version__}" in line and "cpu" in line
-        assert throughput.main(["--arch", "cifar_resnet20", "--attention", "se", "--batch-size", "4", "--warmup", "1",
-                                "--repeats", "2", "--json", "--amp", "bf16", "--channels-last", "--threads", "1"]) == 0
-        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert result["images_per_s"] > 0 and result["amp"] == "bf16" and result["channels_last"] and result["image_size"] == 32
-    finally:
-        torch.set_num_threads(threads)
-
-
-# ------------------------------------------------------------------------------ scripts/sweep.py
-@pytest.mark.slow
-def test_sweep_script_runs_jobs_concurrently(tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    args = ["scripts/sweep.py", "--jobs", "2", "main_cifar.py", *TINY, "attention=none,simam", f"hydra.sweep.dir={sweep_dir}"]
-    proc = check_ok(run_cli(args[1:], script=args[0], env=ENV))
-    assert "2/2 jobs succeeded" in proc.stdout
-    records = [json.loads(l) for l in (sweep_dir / "sweep.jsonl").read_text().splitlines()]
-    assert sorted(r["run_dir"] for r in records) == [str(sweep_dir / f"fake-cifar_resnet20-{a}-seed0") for a in ("none", "simam")]
-    assert all(r["returncode"] == 0 for r in records)
-    assert max(r["start"] for r in records) < min(r["end"] for r in records)  # the two ran at the same time
-    from engine.reporting import load_run
-
-    for r in records:
-        run = load_run(r["run_dir"])
-        assert run.status == "complete" and (Path(r["run_dir"]) / "console.log").is_file()
-        assert not any(o.startswith("hydra.") for o in run.overrides)
-    again = check_ok(run_cli(args[1:], script=args[0], env=ENV))  # the same command: nothing left to do
-    assert again.stdout.count("skip (complete)") == 2 and "nothing to run" in again.stdout
-
-
-def test_sweep_script_plans_one_job_per_gpu(capsys):
-    sweep = _script("sweep")
-    assert sweep.main(["--gpus", "0-3", "--gpus-per-job", "2", "--dry-run", "main_imagenet.py", "experiment=paper/imagenet_resnet50",
-                       "attention=none,simam,se", "data.root=/data/imagenet", "hydra.sweep.dir=/tmp/never"]) == 0
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[")]
-    assert [l.split()[1] for l in lines] == ["CUDA_VISIBLE_DEVICES=0,1", "CUDA_VISIBLE_DEVICES=2,3", "CUDA_VISIBLE_DEVICES=0,1"]
-    assert all("trainer.devices=2" in l and "hydra.run.dir=" in l for l in lines)
-    assert "imagenet-resnet50-simam-seed0" in lines[1]
-
-
-# ------------------------------------------------------------------------------ errors: one line, exit code 2
-@pytest.mark.slow
-def test_script_errors_are_one_line(sweep, tmp_path, capsys):
-    report, gradcam, throughput, sweep_script = (_script(n) for n in ("report", "gradcam", "throughput", "sweep"))
-    ckpt = str(sweep / "fake-cifar_resnet20-none-seed1" / "checkpoints" / "best.pth")
-    (tmp_path / "empty").mkdir()
-    cases = [
-        (report, [str(tmp_path / "missing")], "does not exist"),
-        (report, [str(tmp_path / "empty")], "no run directories"),
-        (report, [str(sweep), "--paper", str(tmp_path / "nope")], "--paper"),
-        (report, [str(sweep), "--dataset-alias", "fake"], "OURS=PAPER"),
-        (gradcam, [str(tmp_path / "missing.pth"), "--images", "val:0"], "checkpoint not found"),
-        (gradcam, [ckpt, "--images", "val:999"], "val:0 .. val:31"),
-        (gradcam, [ckpt, "--images", str(tmp_path / "nope.jpg")], "image not found"),
-        (gradcam, [ckpt, "--images", "val:0", "--layer", "layer9"], "layer9"),
-        (gradcam, [ckpt, "--images", "val:0", "--simam-layer", "last"], "none of the checkpoints has SimAM"),
-        (gradcam, [ckpt, "--images", "val:0", "--target", "10"], "has 10 classes"),
-        (throughput, ["--arch", "resnet51"], "unknown architecture 'resnet51'"),
-        (throughput, [ckpt, "--arch", "resnet18"], "not both"),
-        (throughput, [str(tmp_path / "missing.pth")], "checkpoint not found"),
-        (sweep_script, ["--jobs", "2", "main_foo.py", "seed=1,2"], "unknown script"),
-        (sweep_script, ["--jobs", "2", "main_cifar.py", "attention=nope"], "attention"),
-        (sweep_script, ["--jobs", "2", "main_cifar.py", "attention=simam", "attention.e_lambda=0.1,0.2"], "share the run dir"),
-    ]
-    for module, argv, needle in cases:
-        assert module.main(argv) == 2, argv
-        assert needle in _one_error_line(capsys), (argv, needle)
-
-
-@pytest.mark.slow
-def test_script_cli_contract(tmp_path):
-    assert_user_error(run_cli([str(tmp_path / "missing")], script="scripts/report.py"), "does not exist")
-    proc = check_ok(run_cli(["--help"], script="scripts/gradcam.py"))
-    assert "val:N" in proc.stdout and "python scripts/gradcam.py" in proc.stdout  # examples

@@ -1,0 +1,1 @@
+"""Command-line tools, one file per tool (`python scripts/NAME.py` or `python -m scripts.NAME`), and their shared helpers: common.py (command line, published numbers, networks and data from checkpoints) and runs.py (run directories)."""

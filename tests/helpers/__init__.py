@@ -1,0 +1,1 @@
+"""Shared test helpers (fixtures' building blocks); import as `from helpers.NAME import ...`."""
