@@ -5,6 +5,11 @@ The SimAM code stored attention modules inside `nn.Sequential` wrappers (`conv2.
 (`module.`), and its thop profiling left `total_ops`/`total_params` buffers in the state dict.
 `load_weights` undoes all of that, then loads strictly: a mismatch is an error naming the first
 keys and the likely cause, never a silently random network (the SimAM script's `strict=False`).
+Before the keys are compared, the checkpoint's attention type is read from its keys
+(`networks.checkpoint_info.inspect_checkpoint`): a SimAM checkpoint of the SimAM code has the
+same parameters as a plain one, so only its wrapped convs (`conv2.0.weight`) tell them apart; a
+strict load into a model of another attention type is refused with the flags that build the
+right one.
 """
 from __future__ import annotations
 
@@ -15,9 +20,10 @@ from typing import Any, Mapping, NamedTuple, Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "WeightsError", "extract_state_dict", "load_weights", "read_checkpoint"]
+from .checkpoint_info import inspect_checkpoint, strip_wrappers
 
-_PREFIXES = ("module.", "_orig_mod.")
+__all__ = ["LoadReport", "WeightsError", "extract_state_dict", "inspect_checkpoint", "load_weights", "read_checkpoint"]
+
 _THOP_KEYS = ("total_ops", "total_params")
 # (pattern, replacement) tried in order for a key the model does not have; a rename is kept only
 # if it produces a key of the model. Comments give where the pattern comes from.
@@ -109,22 +115,12 @@ def extract_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], str]:
     return dict(obj), "state_dict"
 
 
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for p in _PREFIXES:
-            if key.startswith(p):
-                key, changed = key[len(p):], True
-    return key.replace("._orig_mod.", ".")
-
-
 def _normalise(sd: Mapping[str, torch.Tensor], model_keys: set[str]) -> tuple[dict[str, torch.Tensor], int]:
     """Strip wrapper prefixes and thop buffers, rename the SimAM code's layout to ours."""
     out: dict[str, torch.Tensor] = {}
     renamed = 0
     for key, value in sd.items():
-        key = _strip(str(key))
+        key = strip_wrappers(str(key))
         if key.rsplit(".", 1)[-1] in _THOP_KEYS:
             continue
         if key not in model_keys:
@@ -173,6 +169,8 @@ def load_weights(
     sd, renamed = _normalise(sd, set(target))
     if isinstance(obj, Mapping) and strict:
         _check_spec(model, obj.get("model_spec"))
+    if strict:
+        _check_attention(model, inspect_checkpoint(obj))
     shape_errors = [
         f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}"
         for k, v in sd.items()
@@ -206,3 +204,51 @@ def _check_spec(model: nn.Module, spec: Optional[Mapping[str, Any]]) -> None:
                 f"checkpoint was trained with {key}={spec[key]} but the model has {key}={mine[key]}: "
                 f"set {key} to {spec[key]}"
             )
+
+
+_ATTN_NAMES = {"simam": "SimAM", "se": "SE", "cbam": "CBAM", "eca": "ECA", "srm": "SRM", "gc": "GC"}
+# the parameter the SimAM code's --attention_param sets, and its config key here
+_PARAM_KEYS = {"simam": "attention.e_lambda", "se": "attention.reduction", "cbam": "attention.reduction"}
+
+
+def _network_name(arch: str, attention: str) -> str:
+    """E.g. "SimAM-ResNet-50", "plain ResNet-20 (CIFAR)"."""
+    m = re.match(r"^(cifar_)?(pre)?resnet(\d+)$", arch)
+    base = f"{'Pre' if m.group(2) else ''}ResNet-{m.group(3)}{' (CIFAR)' if m.group(1) else ''}" if m else arch
+    base = {"mobilenet_v2": "MobileNetV2", "cifar_mobilenetv2": "MobileNetV2 (CIFAR)", "alexnet": "AlexNet"}.get(base, base)
+    return f"{_ATTN_NAMES[attention]}-{base}" if attention in _ATTN_NAMES else f"plain {base}"
+
+
+def _suggested_param(attention: str, arch: str, inferred: Optional[int]) -> Optional[str]:
+    """The --attention_param to pass: the reduction read from the shapes, SimAM's published lambda."""
+    if attention in ("se", "cbam"):
+        return str(inferred or 16)
+    if attention != "simam":
+        return None
+    from .registry import model_info  # late import: registry imports nothing from here
+
+    try:
+        family = model_info(arch).family
+    except ValueError:
+        family = "imagenet"
+    return "1e-5" if arch == "alexnet" else "0.1" if family == "imagenet" else "1e-4"
+
+
+def _check_attention(model: nn.Module, info: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint whose keys show another attention type than the model's."""
+    mine = (getattr(model, "model_spec", None) or {}).get("attention")
+    theirs = info.get("attention")
+    if not mine or not theirs or theirs == mine:
+        return
+    arch = str((getattr(model, "model_spec", None) or {}).get("arch") or info.get("arch") or type(model).__name__)
+    param = _suggested_param(theirs, arch, info.get("attention_param"))
+    if theirs == "none":
+        flags, overrides = "remove --attention_type (or pass --attention_type none)", "attention=none"
+    else:
+        flags = f"add --attention_type {theirs}" + (f" --attention_param {param}" if param else "")
+        overrides = f"attention={theirs}" + (f" {_PARAM_KEYS[theirs]}={param}" if theirs in _PARAM_KEYS else "")
+    evidence = ", ".join((info.get("evidence") or [])[:2])
+    raise WeightsError(
+        f"this checkpoint holds {_network_name(arch, theirs)} weights (keys {evidence or 'of the classifier only'}) "
+        f"but the model was built with attention={mine}: {flags} (config overrides: {overrides})"
+    )

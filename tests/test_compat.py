@@ -11,6 +11,7 @@ Small inputs (64x64 ImageNet, 32x32 CIFAR) keep the whole file fast on a CPU.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 from pathlib import Path
@@ -382,3 +383,116 @@ def test_project_checkpoint_checks_model_spec(tmp_path: Path) -> None:
         networks.load_weights(ours("cifar_resnet20", "none"), path)
     message = one_line_error(excinfo)
     assert "attention" in message and "simam" in message, message
+
+
+# ----------------------------------------------------------------------------- attention read from the keys
+# reference arch -> the key that shows each attention type in the SimAM code's layout (written out
+# from the original definitions: SimAM wraps conv2 -- MobileNetV2: sits inside the depthwise
+# ConvBNReLU, moving its BN to index 2 --; SE/CBAM wrap the last BN of post-activation blocks,
+# the last conv of pre-activation ones and of the WRN, and are appended to MobileNetV2's `conv`)
+EVIDENCE = {
+    "resnet18": {"simam": "layer1.0.conv2.0.weight", "se": "layer1.0.bn2.1.fc.0.weight",
+                 "cbam": "layer1.0.bn2.1.ChannelGate.mlp.1.weight"},
+    "resnet50": {"simam": "layer1.0.conv2.0.weight", "se": "layer1.0.bn3.1.fc.0.weight",
+                 "cbam": "layer1.0.bn3.1.ChannelGate.mlp.1.weight"},
+    "mobilenet_v2": {"simam": "features.1.conv.0.2.running_mean", "se": "features.1.conv.3.fc.0.weight",
+                     "cbam": "features.1.conv.3.ChannelGate.mlp.1.weight"},
+    "cifar_resnet20": {"simam": "layer1.0.conv2.0.weight", "se": "layer1.0.bn2.1.fc.0.weight",
+                       "cbam": "layer1.0.bn2.1.ChannelGate.mlp.1.weight"},
+    "cifar_preresnet20_bottleneck": {"simam": "layer1.0.conv2.0.weight", "se": "layer1.0.conv3.1.fc.0.weight",
+                                     "cbam": "layer1.0.conv3.1.ChannelGate.mlp.1.weight"},
+    "cifar_wrn16_8": {"simam": "block1.layer.0.conv2.0.weight", "se": "block1.layer.0.conv2.1.fc.0.weight",
+                      "cbam": "block1.layer.0.conv2.1.ChannelGate.mlp.1.weight"},
+    "cifar_mobilenetv2": {"simam": "layers.0.conv2.0.weight", "se": "layers.0.bn3.1.fc.0.weight",
+                          "cbam": "layers.0.bn3.1.ChannelGate.mlp.1.weight"},
+}
+# the flags each refusal must name: --attention_param is the reduction read from the shapes for
+# SE/CBAM, the paper's lambda for SimAM (0.1 ImageNet, 1e-4 CIFAR); plain: drop --attention_type
+EXPECTED_FLAGS = {
+    ("imagenet", "simam"): "--attention_type simam --attention_param 0.1",
+    ("cifar", "simam"): "--attention_type simam --attention_param 1e-4",
+    ("imagenet", "se"): "--attention_type se --attention_param 8", ("cifar", "se"): "--attention_type se --attention_param 8",
+    ("imagenet", "cbam"): "--attention_type cbam --attention_param 4", ("cifar", "cbam"): "--attention_type cbam --attention_param 4",
+    ("imagenet", "none"): "--attention_type none", ("cifar", "none"): "--attention_type none",
+}
+REDUCTION = {"none": None, "simam": 0.1, "se": 8, "cbam": 4}
+
+
+@functools.lru_cache(maxsize=None)
+def original_file(ref_name: str, attention: str) -> dict:
+    """The SimAM code's checkpoint dict (DataParallel keys), with untouched random weights (cached: read-only)."""
+    _, _, _, classes = ARCHS[ref_name]
+    torch.manual_seed(0)
+    model = ref.build_reference(ref_name, classes, attention, REDUCTION[attention])
+    return {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 90, "arch": ref_name,
+            "best_acc": 71.3}
+
+
+@pytest.mark.parametrize("ref_name", sorted(EVIDENCE))
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_inspect_original_checkpoint(ref_name: str, attention: str) -> None:
+    info = networks.inspect_checkpoint(original_file(ref_name, attention))
+    assert info["container"] == "original"
+    assert info["attention"] == attention
+    assert info["num_classes"] == ARCHS[ref_name][3]
+    assert info["attention_param"] == (REDUCTION[attention] if attention in ("se", "cbam") else None)
+    if attention != "none":
+        assert info["layout"] == "original"
+        assert EVIDENCE[ref_name][attention] in info["evidence"]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "cifar_resnet20", "cifar_wrn16_8", "alexnet"])
+@pytest.mark.parametrize("attention", ["none", "simam", "se", "cbam", "eca", "srm", "gc"])
+def test_inspect_our_layout(name: str, attention: str) -> None:
+    """Our keys (`.attn.`) show every parametrised type; SimAM and none look alike without model_spec."""
+    with torch.device("meta"):
+        model = networks.create_model(name, num_classes=7, attention=attention)
+    bare = networks.inspect_checkpoint(model.state_dict())
+    assert bare["attention"] == (None if attention in ("none", "simam") else attention)
+    assert bare["layout"] == ("plain" if attention in ("none", "simam") else "ours")
+    assert bare["num_classes"] == 7
+    ours = networks.inspect_checkpoint({"model": model.state_dict(), "model_spec": model.model_spec})
+    assert (ours["container"], ours["attention"], ours["arch"]) == ("ours", attention, name)
+
+
+WRONG_CASES = [
+    pytest.param(ref_name, attention, wrong, id=f"{ref_name}-{attention}-into-{wrong}")
+    for ref_name in ["resnet50", "mobilenet_v2", "cifar_resnet20", "cifar_preresnet20_bottleneck", "cifar_wrn16_8"]
+    for attention in ATTENTIONS
+    for wrong in ATTENTIONS
+    if wrong != attention
+]
+
+
+@pytest.mark.parametrize("ref_name,attention,wrong", WRONG_CASES)
+def test_original_checkpoint_into_wrong_attention_is_refused(ref_name: str, attention: str, wrong: str) -> None:
+    name, kwargs, _, classes = ARCHS[ref_name]
+    model = networks.create_model(name, num_classes=classes, attention=wrong, **kwargs)
+    with pytest.raises(WeightsError) as excinfo:
+        networks.load_weights(model, original_file(ref_name, attention))
+    message = one_line_error(excinfo)
+    assert f"attention={wrong}" in message, message
+    assert EXPECTED_FLAGS[(networks.model_info(name).family, attention)] in message, message
+    if attention != "none":
+        assert EVIDENCE[ref_name][attention] in message, message
+
+
+def test_readme_evaluation_command_case(tmp_path: Path) -> None:
+    """The original README's `-e --resume` of a SimAM-R18 file, typed without --attention_type."""
+    path = save(original_file("resnet18", "simam"), tmp_path / "simam_r18.pth.tar")
+    with pytest.raises(WeightsError, match="SimAM-ResNet-18 weights .* add --attention_type simam --attention_param 0.1"):
+        networks.load_weights(networks.create_model("resnet18", num_classes=1000, attention="none"), path)
+    # and the right model loads it, with the same logits as the original network
+    original = reference("resnet18", "simam", 0.1)
+    path = save(pack(original, "simam", "resnet18"), tmp_path / "r18.pth.tar")
+    model = ours("resnet18", "simam", 0.1)
+    networks.load_weights(model, path)
+    assert_same_logits(model, original, 64)
+
+
+def test_plain_bare_state_dict_still_loads_into_simam() -> None:
+    """A bare plain state dict (e.g. torchvision's) cannot say none or SimAM: loading stays allowed."""
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(weights=None)
+    report = networks.load_weights(networks.create_model("resnet18", num_classes=1000, attention="simam"), tv.state_dict())
+    assert report.missing_keys == [] and report.unexpected_keys == []
