@@ -134,19 +134,22 @@ class _Window:
         return True
 
 
+_NONE_BAD = 2**62
+
+
 class _Meters:
     """Device sums of the epoch (loss, correct, samples) and the first batch whose loss was not finite."""
 
     def __init__(self, device: torch.device) -> None:
         self.loss_sum, self.correct, self.seen = (torch.zeros((), device=device, dtype=torch.float64) for _ in range(3))
         self.batch = torch.zeros((), device=device, dtype=torch.long)  # counts on the device: no copy per step
-        self.first_bad = torch.full((), -1, device=device, dtype=torch.long)
+        self.first_bad = torch.full((), _NONE_BAD, device=device, dtype=torch.long)
         self.images = 0  # this rank's, on the host (batch shapes are known there)
 
     def add(self, loss: torch.Tensor, output: torch.Tensor, targets: torch.Tensor, finite: torch.Tensor, track: bool) -> None:
         n = targets.shape[0]
         if track:
-            self.first_bad = torch.where((self.first_bad < 0) & ~finite, self.batch, self.first_bad)
+            self.first_bad = torch.where((self.first_bad == _NONE_BAD) & ~finite, self.batch, self.first_bad)
         self.batch += 1
         self.loss_sum.add_(loss.detach().double() * n)
         self.correct.add_(_correct(output.detach(), targets, (1,))[0])
@@ -154,8 +157,10 @@ class _Meters:
         self.images += n
 
     def raise_if_bad(self, first_step: int, accum_steps: int, optimizer: torch.optim.Optimizer) -> None:
-        bad = int(self.first_bad.item())
-        if bad >= 0:
+        """Raise on every rank if any rank saw a non-finite loss (one rank alone would leave the others
+        waiting in the next collective); called at the same steps on every rank."""
+        bad = int(all_reduce_min(self.first_bad.clone()).item())
+        if bad != _NONE_BAD:
             raise NonFiniteLossError(first_step + bad // accum_steps, optimizer.param_groups[0]["lr"])
 
 

@@ -205,7 +205,14 @@ def _ddp_rank(out: str) -> None:
         if info.rank == nan_rank:
             data = _with_nan(data, nan_batch)
         results.append(_train(ddp, data, optimizer=opt, skip_nonfinite=True, accum_steps=accum))
-    torch.save({"params": _params(net), "skipped": [r["skipped"] for r in results]}, Path(out) / f"rank{info.rank}.pt")
+    params = _params(net)
+    try:  # without skip_nonfinite: a NaN on rank 1 only stops both ranks at the same logging step
+        _train(ddp, _with_nan(_rank_data(info.rank, 3), 1) if info.rank == 1 else _rank_data(info.rank, 3),
+               optimizer=opt, log_every=2)
+        error = "none"
+    except NonFiniteLossError as e:
+        error = str(e)
+    torch.save({"params": params, "skipped": [r["skipped"] for r in results], "error": error}, Path(out) / f"rank{info.rank}.pt")
     cleanup()
 
 
@@ -214,7 +221,7 @@ def _joined(parts: list) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_a_nonfinite_loss_on_one_of_two_gloo_ranks_is_skipped_on_both(tmp_path, monkeypatch):
+def test_a_nonfinite_loss_on_one_of_two_gloo_ranks_is_skipped_or_raised_on_both(tmp_path, monkeypatch):
     from engine.distributed import spawn
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -222,6 +229,7 @@ def test_a_nonfinite_loss_on_one_of_two_gloo_ranks_is_skipped_on_both(tmp_path, 
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert ranks[0]["skipped"] == ranks[1]["skipped"] == [1, 1]
     assert _max_diff(ranks[0]["params"], ranks[1]["params"]) == 0.0
+    assert ranks[0]["error"] == ranks[1]["error"] == "non-finite loss at step 1 (lr 0.1)"
     # one process on both ranks' batches: DDP averages the equal-sized ranks' gradients
     ref = _net()
     opt = _sgd(ref)
