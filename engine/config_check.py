@@ -18,17 +18,21 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping, Optional
 
+import yaml
+
 from .errors import UserError
 from .help import suggest
 
 __all__ = [
-    "CONFIG_DIR", "RULES", "Rule", "check_config", "group_options", "known_keys", "option_keys", "plain_config", "zoo_names",
+    "CONFIG_DIR", "RULES", "Rule", "check_config", "default_config", "group_options", "known_keys", "option_keys", "plain_config",
+    "read_yaml", "rule_for", "zoo_names",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,14 +57,35 @@ def zoo_names() -> ModuleType:
 
 
 # ----------------------------------------------------------------------------- the config tree
+class _YamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """YAML as OmegaConf (and so Hydra) reads it: `1e-4` is a float (YAML 1.1 wants `1.0e-4`)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+               r"|[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: Path) -> dict:
+    """A config file as a plain dict, values as Hydra reads them, interpolations unresolved."""
+    return dict(_read_yaml(Path(path)))
+
+
 @functools.lru_cache(maxsize=None)
+def _read_yaml(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=_YamlLoader) or {}
+
+
 def _yaml(path: Path) -> dict:
-    from omegaconf import OmegaConf
-
-    data = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
-    return {k: v for k, v in data.items() if k not in ("defaults", "hydra")}
+    """read_yaml without the `defaults` list and the `hydra` node (what a run's config holds)."""
+    return {k: v for k, v in _read_yaml(path).items() if k not in ("defaults", "hydra")}
 
 
+@functools.lru_cache(maxsize=None)
 def _is_global(path: Path) -> bool:
     return any(line.strip().replace(" ", "") == "#@package_global_" for line in path.read_text().splitlines()[:5])
 
@@ -424,14 +449,18 @@ def _check_combinations(cfg: dict) -> None:
 def default_config(entry: str) -> dict:
     """The config of main_<entry>.py with no override, read from the yaml files (interpolations
     not resolved): base.yaml, the default option of each group, the top config."""
-    from omegaconf import OmegaConf
-
-    top = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{entry}.yaml"), resolve=False)
-    parts = [_yaml(CONFIG_DIR / "base.yaml")]
-    for item in top.get("defaults", []):
+    merged = _yaml(CONFIG_DIR / "base.yaml")
+    for item in read_yaml(CONFIG_DIR / f"{entry}.yaml").get("defaults", []):
         if isinstance(item, dict) and len(item) == 1:
             (group, option), = item.items()
             if group in GROUPS and option is not None:
-                parts.append(_placed(group, str(option)))
-    parts.append(_yaml(CONFIG_DIR / f"{entry}.yaml"))
-    return OmegaConf.to_container(OmegaConf.merge(*parts), resolve=False)
+                merged = _merged(merged, _placed(group, str(option)))
+    return _merged(merged, _yaml(CONFIG_DIR / f"{entry}.yaml"))
+
+
+def _merged(a: dict, b: dict) -> dict:
+    """b over a, dicts merged key by key (as OmegaConf.merge)."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

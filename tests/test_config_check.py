@@ -161,3 +161,11 @@ def test_enum_values_match_the_code_that_uses_them():
         data.build_transforms("no-such-recipe", 32)
     valid = str(info.value).split("valid:")[1]
     assert sorted(v.strip() for v in valid.split(",")) == sorted(rule.choices)
+
+
+def test_yaml_files_read_as_hydra_reads_them():
+    """The config check reads configs/ without OmegaConf (faster); the values must be the same."""
+    from omegaconf import OmegaConf
+
+    for path in sorted(config_check.CONFIG_DIR.rglob("*.yaml")):
+        assert config_check.read_yaml(path) == OmegaConf.to_container(OmegaConf.load(path), resolve=False), path
