@@ -52,7 +52,12 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _pick_device(accelerator: str, local_rank: int, local_world: int) -> torch.device:
+def _pick_device(accelerator: str, local_rank: int, local_world: Optional[int]) -> torch.device:
+    """cuda:LOCAL_RANK, one GPU per process; `local_world` is LOCAL_WORLD_SIZE (torchrun, spawn).
+
+    Without LOCAL_WORLD_SIZE, a process that sees a single GPU uses it whatever its local rank (a
+    launcher binding one GPU per task through CUDA_VISIBLE_DEVICES).
+    """
     if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     from .errors import UserError
@@ -60,13 +65,15 @@ def _pick_device(accelerator: str, local_rank: int, local_world: int) -> torch.d
     if not torch.cuda.is_available():
         raise UserError("trainer.accelerator=cuda but no CUDA GPU is visible: use trainer.accelerator=cpu")
     count = torch.cuda.device_count()
-    if max(local_world, local_rank + 1) > count:
+    processes = local_world if local_world is not None else local_rank + 1
+    if processes > count and not (local_world is None and count == 1):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "not set")
-        raise UserError(f"{max(local_world, local_rank + 1)} processes on this node but {count} visible GPU(s) "
+        raise UserError(f"{processes} processes on this node but {count} visible GPU(s) "
                         f"(CUDA_VISIBLE_DEVICES {visible}): start at most {count} per node "
                         f"(torchrun --nproc_per_node={count} or trainer.devices={count})")
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
+    index = local_rank if local_rank < count else 0
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def init_distributed(accelerator: str = "auto", backend: str = "auto", timeout_s: float = 1800) -> DistInfo:
@@ -74,7 +81,8 @@ def init_distributed(accelerator: str = "auto", backend: str = "auto", timeout_s
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _pick_device(accelerator, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    local_world = os.environ.get("LOCAL_WORLD_SIZE")
+    device = _pick_device(accelerator, local_rank, int(local_world) if local_world else None)
     if world_size > 1 and not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"

@@ -58,6 +58,17 @@ def test_each_local_rank_gets_its_own_gpu(monkeypatch):
     assert info.device == torch.device("cuda", 1) and cuda.selected == [1] and info.rank == 3
 
 
+def test_a_launcher_binding_one_gpu_per_task_is_accepted(monkeypatch):
+    cuda = _FakeCuda(1)
+    cuda.install(monkeypatch)
+    _torchrun_env(monkeypatch, 2, 2, 0, 1)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")  # not torchrun: e.g. srun --gpus-per-task=1
+    assert init_distributed("auto").device == torch.device("cuda", 0) and cuda.selected == [0]
+    cuda.count = 2  # two GPUs visible to local rank 2: a third process on two GPUs
+    with pytest.raises(UserError, match="3 processes on this node but 2 visible GPU"):
+        init_distributed("auto")
+
+
 def test_seed_process_gives_each_rank_its_own_dropout_masks():
     masks = {}
     for rank in (0, 1, 0):

@@ -121,6 +121,20 @@ def test_a_stop_happens_between_updates_only():
     assert result["interrupted"] and result["steps"] == 3 and result["updates"] == 1 and len(asked) == 1
 
 
+def test_an_epoch_stopped_between_updates_resumes_to_the_same_weights():
+    data = _batches(7, 4)
+    full, parts = _net(), _net()
+    s_full, s_parts = _Sched(), _Sched()
+    _train(full, data, accum_steps=2, scheduler=s_full, optimizer=(opt_full := _sgd(full)))
+    opt = _sgd(parts)
+    first = _train(parts, data, accum_steps=2, scheduler=s_parts, optimizer=opt, should_stop=lambda: True)
+    rest = _train(parts, data[first["steps"]:], accum_steps=2, scheduler=s_parts, optimizer=opt,
+                  global_step=first["global_step"], first_batch=first["steps"])
+    assert (first["steps"], first["global_step"], rest["global_step"]) == (2, 1, 4)
+    assert _max_diff(_params(full), _params(parts)) == 0.0 and s_full.updates == s_parts.updates == [1, 2, 3, 4]
+    assert opt_full.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
+
+
 @pytest.mark.parametrize("use_scaler", [False, True])
 def test_clipping_bounds_the_gradient_norm_of_the_update(use_scaler):
     data = [(torch.randn(8, 3, 6, 6) * 50, torch.randint(0, 5, (8,)))]
