@@ -149,3 +149,39 @@ def test_cpu_fallback_images_are_not_recorded(monkeypatch, tmp_path):
 def test_no_streams_on_the_cpu():
     assert data.DevicePrefetcher([], device="cpu", mean=(0.5,), std=(0.5,)).streams is None
     assert data.DeviceDecoder(lambda x: x, "cpu").streams is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_decode_on_cuda_matches_the_cpu_pipeline_while_the_gpu_is_busy(tmp_path):
+    """The nvJPEG race (pytorch/vision PR #9606): decoded images must not be overwritten or read
+    from memory that queued kernels still use. Keep the main stream busy between batches (memory
+    freed there is what the allocator would hand out) and compare with the CPU pipeline."""
+    root = tmp_path / "jpegs"
+    for split in ("train", "val"):
+        for c in range(2):
+            for i in range(24):
+                path = root / split / f"c{c}" / f"{i}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                yy, xx = np.mgrid[0:96, 0:128]
+                pixels = np.stack([(xx + 7 * i) % 256, (yy + 11 * c) % 256, (xx + yy) % 256], -1).astype(np.uint8)
+                Image.fromarray(pixels).save(path, quality=95)
+    kwargs = dict(augment="imagenet", image_size=64, normalize=False)
+    deferred = data.build_datasets("imagefolder", str(root), deferred=True, **kwargs)[0]
+    plain = data.build_datasets("imagefolder", str(root), **kwargs)[0]
+    mean, std = data.normalization("imagenet")
+    on_gpu = data.DevicePrefetcher(data.build_loader(deferred, batch_size=8, train=True, workers=0, seed=1), device="cuda",
+                                   mean=mean, std=std, decode=data.DeviceDecoder(deferred.transform, "cuda"))
+    on_cpu = data.DevicePrefetcher(data.build_loader(plain, batch_size=8, train=True, workers=0, seed=1), device="cpu",
+                                   mean=mean, std=std)
+    for epoch in range(3):
+        data.set_epoch(on_gpu, epoch)
+        data.set_epoch(on_cpu, epoch)
+        for (x, y), (x_cpu, y_cpu) in zip(on_gpu, on_cpu):
+            busy = torch.randn(3072, 3072, device="cuda")
+            for _ in range(4):
+                busy = busy @ busy / 3072  # queued work whose freed memory the allocator recycles
+            del busy
+            assert torch.equal(y.cpu(), y_cpu)
+            diff = (x.cpu() - x_cpu).abs()
+            assert diff.mean() < 0.02 and diff.max() < 0.5, (epoch, float(diff.mean()), float(diff.max()))
+    assert on_gpu.streams is not None
