@@ -1,5 +1,4 @@
 """engine.loops: no per-step host copies, gradient accumulation, clipping, non-finite steps, progress."""
-import os
 from pathlib import Path
 
 import pytest
@@ -76,6 +75,32 @@ def test_no_tensor_is_made_from_a_python_number_per_step_or_eval_batch(options):
         _train(net, batches, scheduler=_Sched(), log_every=2, on_log=infos.append, on_step=infos.append, **options)
         evaluate(net, batches, nn.CrossEntropyLoss(), device=CPU)
     assert rec.calls == [] and len(infos) == 5 + 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: part of the prepared GPU check")
+def test_no_host_sync_per_step_or_eval_batch_on_cuda():
+    """torch.cuda.set_sync_debug_mode counts the synchronizing calls: the same for 3 and 9 batches."""
+    import warnings
+
+    cuda = torch.device("cuda")
+
+    def syncs(n: int) -> int:
+        net = _net().to(cuda)
+        data = [(x.to(cuda), y.to(cuda)) for x, y in _batches(n, 8)]
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train_one_epoch(net, data, _sgd(net), nn.CrossEntropyLoss(), device=cuda, log_every=0,
+                                scheduler=_Sched(), accum_steps=2, clip_grad=1.0, on_step=lambda info: None)
+                evaluate(net, data, nn.CrossEntropyLoss(), device=cuda)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    syncs(3)  # warm-up: lazy CUDA initialisation
+    assert syncs(3) == syncs(9)
 
 
 def test_the_recorder_sees_the_old_per_step_copy():
