@@ -39,7 +39,9 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -68,16 +70,26 @@ class Bench:
     warmup: int
     log: Callable[[str], None] = print
     extra: dict[str, Any] = field(default_factory=dict)  # anything a section wants in the JSON
+    inner: int = 1  # CUDA: calls per timing between two events (a ~10 us op needs many)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def time_once(self, fn: Callable[[], Any]) -> float:
-        self.sync()
+        """Seconds per call of fn: host clock on CPU; on CUDA, CUDA events around `inner` calls
+        queued back to back (no sync between them), divided by `inner`."""
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.sync()
+            start.record()
+            for _ in range(self.inner):
+                fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3 / self.inner
         t0 = time.perf_counter()
         fn()
-        self.sync()
         return time.perf_counter() - t0
 
     def compare(self, candidates: dict[str, Callable[[], Any]]) -> dict[str, list[float]]:
@@ -128,82 +140,128 @@ def streaming_bandwidth(b: Bench, min_bytes: int) -> tuple[float, int, list[floa
     return 3 * numel * 4 / statistics.median(times), numel * 4, times
 
 
-def bench_simam(b: Bench) -> list[Row]:
-    sec = "simam"
-    shape = (8, 64, 56, 56) if b.quick else (32, 256, 56, 56)
-    e_lambda = 1e-4
-    torch.manual_seed(0)
-    x = torch.randn(*shape, device=b.device).requires_grad_()
-    grad = torch.randn(*shape, device=b.device)
-    size = x.numel() * x.element_size()
-    shape_s = "x".join(map(str, shape))
+# SimAM sits after conv2 of each bottleneck in SimAM-ResNet-50: 64/128/256/512 channels at 56/28/14/7 px
+RESNET50_SIMAM_SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]
 
-    impls: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        "original (eager)": lambda t: simam_original(t, e_lambda),
-        "reference (plain formula, eager)": lambda t: simam_reference(t, e_lambda),
-        "ours: function (eager kernels)": lambda t: simam(t, e_lambda, "function"),
-    }
-    compile_s: Optional[float] = None
+
+def simam_shapes(quick: bool, on_gpu: bool) -> list[tuple[int, int, int, int]]:
+    """The issue's 16x256x56x56 and ResNet-50's four stage shapes at batch 16 (GPU: 64; --quick: smaller)."""
+    batch = 64 if on_gpu else 16
+    if quick:
+        return [(8, 64, 56, 56)] + [(4, c, s, s) for c, s in RESNET50_SIMAM_SHAPES[2:]]
+    return [(batch, 256, 56, 56)] + [(batch, c, s, s) for c, s in RESNET50_SIMAM_SHAPES]
+
+
+def first_call_in_new_process(b: Bench, shape: tuple[int, ...]) -> float:
+    """Seconds of the first compiled SimAM forward+backward in a fresh Python process (Inductor's
+    on-disk cache decides whether it compiles or loads the kernels)."""
+    code = (
+        "import sys, time, torch; sys.path.insert(0, sys.argv[1])\n"
+        "from networks.attention.simam import simam\n"
+        "from networks.attention import simam_fused\n"
+        "x = torch.randn(*map(int, sys.argv[3].split('x')), device=sys.argv[2], requires_grad=True)\n"
+        "t = time.perf_counter(); simam(x, 1e-4, 'compiled').sum().backward()\n"
+        "torch.cuda.synchronize() if x.is_cuda else None\n"
+        "assert simam_fused.compile_failure() is None, simam_fused.compile_failure()\n"
+        "print(time.perf_counter() - t)\n")
+    env = {k: v for k, v in os.environ.items() if k != "SIMAM_IMPL"}
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO), b.device.type, "x".join(map(str, shape))],
+                          capture_output=True, text=True, env=env, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"first compiled SimAM call in a new process failed: {proc.stderr.strip()[-500:]}")
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def _simam_candidates(x: torch.Tensor, grad: torch.Tensor, e_lambda: float, reference: bool) -> dict[str, Callable[[], None]]:
+    impls: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"original (eager)": lambda t: simam_original(t, e_lambda)}
+    if reference:
+        impls["reference (plain formula, eager)"] = lambda t: simam_reference(t, e_lambda)
+    impls["ours: function (eager kernels)"] = lambda t: simam(t, e_lambda, "function")
     if simam_fused.compile_available():
-        t0 = time.perf_counter()
-        simam(x, e_lambda, "compiled").backward(grad)  # compiles forward and backward kernels
-        b.sync()
-        compile_s = time.perf_counter() - t0
-        x.grad = None
-        if simam_fused.compile_available():
-            impls["ours: compiled (torch.compile)"] = lambda t: simam(t, e_lambda, "compiled")
-    auto = simam_fused.resolve_impl("auto", x)
-    b.log(f"simam: {shape_s} fp32 on {b.device}; 'auto' runs '{auto}'")
+        impls["ours: compiled (torch.compile)"] = lambda t: simam(t, e_lambda, "compiled")
 
     def fwd_bwd(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
         def run() -> None:
             fn(x).backward(grad)
             x.grad = None
         return run
+    return {name: fwd_bwd(fn) for name, fn in impls.items()}
 
-    bandwidth, bw_bytes, bw_times = streaming_bandwidth(b, size)
+
+def _simam_shape_rows(b: Bench, shape: tuple[int, ...], bandwidth: float, main: bool) -> list[Row]:
+    """fwd+bwd rows of one input shape: each candidate's time, ratio to the original and to the floor."""
+    sec, e_lambda = "simam", 1e-4
+    torch.manual_seed(0)
+    x = torch.randn(*shape, device=b.device).requires_grad_()
+    grad = torch.randn(*shape, device=b.device)
+    size = x.numel() * x.element_size()
     floor_s = 8 * size / bandwidth
-    times = b.compare({name: fwd_bwd(fn) for name, fn in impls.items()})
+    shape_s = "x".join(map(str, shape))
+    simam(x, e_lambda, "compiled").backward(grad)  # compiles (or loads) the kernels outside the timing
+    x.grad = None
+    times = b.compare(_simam_candidates(x, grad, e_lambda, reference=main))
     med = {name: statistics.median(t) for name, t in times.items()}
-    original = med["original (eager)"]
-
-    rows: list[Row] = [
-        {"section": sec, "name": "streaming bandwidth (torch.add out=)", "value": bandwidth / 1e9, "unit": "GB/s",
-         "note": f"3 x {bw_bytes / 2**20:.0f} MiB per add; {spread_note(bw_times)}"},
-        {"section": sec, "name": "memory-bound floor fwd+bwd (8 transfers)", "value": 1e3 * floor_s, "unit": "ms",
-         "note": f"8 x {size / 2**20:.0f} MiB at the bandwidth above"},
-    ]
+    auto = simam_fused.resolve_impl("auto", x)
+    rows: list[Row] = [{"section": sec, "name": f"{shape_s}: memory-bound floor fwd+bwd (8 transfers)",
+                        "value": 1e3 * floor_s, "unit": "ms", "note": f"8 x {size / 2**20:.1f} MiB at the bandwidth above"}]
     for name, t in times.items():
-        ours = name.startswith("ours")
-        rows.append({"section": sec, "name": f"fwd+bwd {shape_s} fp32: {name}", "value": median_ms(t), "unit": "ms",
-                     "ratio": med[name] / original, "ratio_to": "original", "note": f"{med[name] / floor_s:.2f}x floor; {spread_note(t)}"
-                     + ("; 'auto' picks this" if ours and name.split(": ")[1].startswith(auto) else "")})
-    if compile_s is not None:
-        rows.append({"section": sec, "name": "compiled: first call (compiles fwd+bwd)", "value": compile_s, "unit": "s",
-                     "note": "once per process, dtype and layout (Inductor's on-disk cache makes later processes faster)"})
-    ours_names = [n for n in med if n.startswith("ours")]
-    best = min(ours_names, key=med.__getitem__)
+        note = f"{med[name] / floor_s:.2f}x floor; {spread_note(t)}"
+        if name.startswith("ours") and name.split(": ")[1].startswith(auto):
+            note += "; 'auto' picks this"
+        rows.append({"section": sec, "name": f"{shape_s} fp32 fwd+bwd: {name}", "value": median_ms(t), "unit": "ms",
+                     "ratio": med[name] / med["original (eager)"], "ratio_to": "original", "note": note})
+    best = min((n for n in med if n.startswith("ours")), key=med.__getitem__)
     on_gpu = b.device.type == "cuda"
-    rows.append(goal_row(sec, f"goal CPU: ours ({best.split(': ')[1]}) / original", med[best] / original, 0.2,
-                         "original", applies=not on_gpu))
-    rows.append(goal_row(sec, f"goal GPU: ours ({best.split(': ')[1]}) / floor", med[best] / floor_s, 1.5,
+    rows.append(goal_row(sec, f"goal CPU {shape_s}: ours ({best.split(': ')[1]}) / original", med[best] / med["original (eager)"],
+                         0.15, "original", applies=not on_gpu, note=f"{med[best] / floor_s:.2f}x the memory-bound floor"))
+    rows.append(goal_row(sec, f"goal GPU {shape_s}: ours ({best.split(': ')[1]}) / floor", med[best] / floor_s, 1.5,
                          "floor", applies=on_gpu))
+    return rows
 
-    # bytes saved for backward per SimAM call
+
+def _saved_bytes_rows(b: Bench, shape: tuple[int, ...]) -> list[Row]:
+    sec, e_lambda = "simam", 1e-4
+    x = torch.randn(*shape, device=b.device).requires_grad_()
+    size = x.numel() * x.element_size()
     saved = {
         "original (eager)": simam_fused.saved_tensor_bytes(simam_original, x, e_lambda),
         "reference (plain formula, eager)": simam_fused.saved_tensor_bytes(simam_reference, x, e_lambda),
         "ours: function (eager kernels)": simam_fused.saved_tensor_bytes(simam, x, e_lambda, "function"),
     }
-    if "ours: compiled (torch.compile)" in impls:
+    if simam_fused.compile_available():
         saved["ours: compiled (torch.compile)"] = simam_fused.saved_tensor_bytes(simam, x, e_lambda, "compiled")
-    for name, nbytes in saved.items():
-        rows.append({"section": sec, "name": f"saved for backward: {name}", "value": nbytes / 2**20, "unit": "MiB",
-                     "ratio": nbytes / size, "ratio_to": "input"})
+    rows: list[Row] = [{"section": sec, "name": f"saved for backward: {name}", "value": n / 2**20, "unit": "MiB",
+                        "ratio": n / size, "ratio_to": "input"} for name, n in saved.items()]
     worst = max((n for n in saved if n.startswith("ours")), key=saved.__getitem__)
     rows.append(goal_row(sec, "goal: saved bytes (ours, max) / input", saved[worst] / size, 1.1, "input", applies=True))
-    b.extra["simam"] = {"shape": list(shape), "dtype": "float32", "auto_impl": auto, "compile_available": simam_fused.compile_available(),
-                        "compile_failed": simam_fused.compile_failure()}
+    return rows
+
+
+def bench_simam(b: Bench) -> list[Row]:
+    """SimAM fwd+bwd at the issue's shape and ResNet-50's stage shapes against the original formula and
+    the memory-bound floor; bytes saved for backward; the first compiled call in a new process."""
+    sec = "simam"
+    shapes = simam_shapes(b.quick, b.device.type == "cuda")
+    if b.device.type == "cuda":
+        from dataclasses import replace
+
+        b = replace(b, inner=20)
+    main_size = 4 * shapes[0][0] * shapes[0][1] * shapes[0][2] * shapes[0][3]
+    bandwidth, bw_bytes, bw_times = streaming_bandwidth(b, main_size)
+    rows: list[Row] = [{"section": sec, "name": "streaming bandwidth (torch.add out=)", "value": bandwidth / 1e9, "unit": "GB/s",
+                        "note": f"3 x {bw_bytes / 2**20:.0f} MiB per add; {spread_note(bw_times)}"}]
+    if simam_fused.compile_available():
+        cold_or_warm = first_call_in_new_process(b, shapes[0])
+        warm = first_call_in_new_process(b, shapes[0])
+        rows.append({"section": sec, "name": "first compiled fwd+bwd in a new process, cache warm", "value": warm, "unit": "s",
+                     "note": f"Inductor's on-disk cache in {simam_fused.compile_cache_dir()}; the process before it: "
+                             f"{cold_or_warm:.1f} s (compiles if the cache was empty)"})
+    for i, shape in enumerate(shapes):
+        b.log(f"simam: {'x'.join(map(str, shape))} fp32 on {b.device}")
+        rows += _simam_shape_rows(b, shape, bandwidth, main=i == 0)
+    rows += _saved_bytes_rows(b, shapes[0])
+    b.extra["simam"] = {"shapes": [list(s) for s in shapes], "dtype": "float32", "compile_available": simam_fused.compile_available(),
+                        "compile_failed": simam_fused.compile_failure(), "cache_dir": simam_fused.compile_cache_dir()}
     return rows
 
 
@@ -214,7 +272,7 @@ def _heavy(b: Bench, repeats: int) -> Bench:
     """The same bench with at most `repeats` timed runs and one warm-up run (whole epochs/steps)."""
     from dataclasses import replace
 
-    return replace(b, repeats=min(b.repeats, repeats), warmup=min(b.warmup, 1))
+    return replace(b, repeats=min(b.repeats, repeats), warmup=min(b.warmup, 1), inner=1)
 
 
 def _at_least(section: str, name: str, ratio: float, limit: float, ratio_to: str, applies: bool, note: str = "") -> Row:
@@ -274,6 +332,15 @@ def _photo_jpegs(root: Path, count: int, size: tuple[int, int] = (500, 375)) -> 
         Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
 
 
+def device_prefetcher() -> type:
+    """engine.data.DevicePrefetcher (engine.prefetch before the data package existed)."""
+    try:
+        from engine.data import DevicePrefetcher
+    except ImportError:
+        from engine.prefetch import DevicePrefetcher  # type: ignore[no-redef]
+    return DevicePrefetcher
+
+
 def bench_loading(b: Bench) -> list[Row]:
     """(a) ImageFolder training images/s of one loader process (workers=0, 1 thread, as a worker runs)."""
     import tempfile
@@ -324,7 +391,7 @@ def _train_candidates(b: Bench, arch: str, batch: int, size: int, steps: int, nu
 
     import networks
     from engine.loops import train_one_epoch
-    from engine.prefetch import DevicePrefetcher
+    DevicePrefetcher = device_prefetcher()
 
     torch.manual_seed(0)
     base = networks.create_model(arch, num_classes=num_classes, attention=attention)
@@ -388,7 +455,7 @@ def bench_cifar_epoch(b: Bench) -> list[Row]:
     import networks
     from engine import data
     from engine.loops import train_one_epoch
-    from engine.prefetch import DevicePrefetcher
+    DevicePrefetcher = device_prefetcher()
 
     sec, count, batch = "cifar_epoch", 128 if b.quick else 1024, 128
     rng = np.random.default_rng(0)
@@ -442,12 +509,33 @@ def bench_cifar_epoch(b: Bench) -> list[Row]:
     ]
 
 
+def _peak_memory(b: Bench, arch: str, attention: str, batch: int, size: int, steps: int, setting: dict) -> int:
+    """Peak CUDA memory of `steps` training steps with only this candidate's model and optimizer alive
+    (built, run once so that the optimizer state exists, then measured; freed afterwards)."""
+    import gc
+
+    run = _train_candidates(b, arch, batch, size, steps, 1000, setting, attention=attention)["ours"]
+    run()
+    torch.cuda.synchronize(b.device)
+    torch.cuda.reset_peak_memory_stats(b.device)
+    run()
+    torch.cuda.synchronize(b.device)
+    peak = torch.cuda.max_memory_allocated(b.device)
+    del run
+    gc.collect()
+    torch.cuda.empty_cache()
+    return peak
+
+
 def bench_simam_model(b: Bench) -> list[Row]:
     """(d) Training step time (and peak memory on CUDA) of SimAM-ResNets against plain ResNets, through
     our loop at the same settings (bf16 autocast, channels_last)."""
+    import gc
+
     sec = "simam_model"
-    batch, size, steps = (8, 64, 2) if b.quick else (32, 112, 2)
-    archs = ["resnet18"] if b.quick else ["resnet18", "resnet50"]
+    on_gpu = b.device.type == "cuda"
+    batch, size, steps = (64, 224, 5) if on_gpu else (8, 64, 2) if b.quick else (32, 112, 2)
+    archs = ["resnet18"] if b.quick and not on_gpu else ["resnet18", "resnet50"]
     rows: list[Row] = []
     setting = {"ours": (torch.bfloat16, True, True)}
     for arch in archs:
@@ -455,27 +543,268 @@ def bench_simam_model(b: Bench) -> list[Row]:
         candidates = {attention: _train_candidates(b, arch, batch, size, steps, 1000, setting, attention=attention)["ours"]
                       for attention in ("none", "simam")}
         times = _heavy(b, 3 if b.quick else 5).compare(candidates)
+        del candidates
+        gc.collect()
         med = {name: statistics.median(t) / steps for name, t in times.items()}
         for attention, t in times.items():
             rows.append({"section": sec, "name": f"{arch} + {attention}: step, batch {batch} at {size}px, bf16, channels_last",
                          "value": 1e3 * med[attention], "unit": "ms/step", "note": f"runs of {steps} steps: {spread_note(t)}"})
-        rows.append({"section": sec, "name": f"{arch}: simam / none step time", "value": med["simam"] / med["none"], "unit": "x",
-                     "ratio": med["simam"] / med["none"], "ratio_to": "none"})
-        if b.device.type == "cuda":
-            peak = {}
-            for attention, run in candidates.items():
-                torch.cuda.synchronize(b.device)
-                torch.cuda.reset_peak_memory_stats(b.device)
-                run()
-                torch.cuda.synchronize(b.device)
-                peak[attention] = torch.cuda.max_memory_allocated(b.device)
+        rows.append(goal_row(sec, f"{arch}: simam / none step time", med["simam"] / med["none"], 1.05, "none", applies=on_gpu,
+                             note="" if on_gpu else "the 1.05x goal is for a GPU"))
+        if on_gpu:
+            torch.cuda.empty_cache()
+            peak = {attention: _peak_memory(b, arch, attention, batch, size, steps, setting) for attention in ("none", "simam")}
             for attention, nbytes in peak.items():
-                rows.append({"section": sec, "name": f"{arch} + {attention}: peak memory of a run", "value": nbytes / 2**20, "unit": "MiB"})
-            rows.append({"section": sec, "name": f"{arch}: simam / none peak memory", "value": peak["simam"] / peak["none"], "unit": "x",
-                         "ratio": peak["simam"] / peak["none"], "ratio_to": "none"})
+                rows.append({"section": sec, "name": f"{arch} + {attention}: peak memory of {steps} steps (alone)",
+                             "value": nbytes / 2**20, "unit": "MiB"})
+            rows.append(goal_row(sec, f"{arch}: simam / none peak memory", peak["simam"] / peak["none"], 1.05, "none", applies=True,
+                                 note="each measured with only its own model and optimizer alive"))
         else:
             rows.append({"section": sec, "name": f"{arch}: peak memory", "value": "skipped", "unit": "",
                          "note": "torch.cuda.max_memory_allocated: CUDA only"})
+    return rows
+
+
+# ----------------------------------------------------------------------------- sections: whole processes
+# startup, devices, timm_epoch: the entry points run as a user runs them, timed from outside.
+QUICKSTART = ["data=digits", "model.arch=cifar_resnet20", "attention=simam"]  # the README's quickstart model
+
+
+def run_timed(cmd: list[str], *, env: Optional[dict[str, str]] = None, drop: tuple[str, ...] = (), expect: int = 0,
+              timeout: float = 1800) -> tuple[float, subprocess.CompletedProcess]:
+    """(wall seconds, completed process) of `cmd` from the repository root; RuntimeError when the exit
+    code is not `expect`. `drop`: environment variables removed first (e.g. OMP_NUM_THREADS)."""
+    full = {k: v for k, v in os.environ.items() if k not in drop}
+    full.update({"PYTHONUNBUFFERED": "1", **(env or {})})
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=full, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    if proc.returncode != expect:
+        raise RuntimeError(f"{' '.join(cmd[:6])} ...: exit {proc.returncode} (expected {expect}): {proc.stderr.strip()[-800:]}")
+    return wall, proc
+
+
+def _medians(b: Bench, cmds: dict[str, tuple[list[str], dict]], runs: int) -> dict[str, list[float]]:
+    """Wall seconds of each command, `runs` rounds interleaved."""
+    times: dict[str, list[float]] = {name: [] for name in cmds}
+    for _ in range(runs):
+        for name, (cmd, kw) in cmds.items():
+            times[name].append(run_timed(cmd, **kw)[0])
+    b.log(f"  {', '.join(f'{n}: {statistics.median(t):.2f} s' for n, t in times.items())}")
+    return times
+
+
+def bench_startup(b: Bench) -> list[Row]:
+    """--help and a config error (goal < 1.5 s, no torch import), and a quickstart process that trains one
+    step and evaluates one batch, and one that only evaluates, against the import time of the libraries
+    (goal: import + 2 s). The processes are timed whole (start to exit: an upper bound of the time to the
+    first step / first evaluated batch); SimAM on its automatic choice, Inductor's cache as it is."""
+    import tempfile
+
+    sec, py, runs = "startup", sys.executable, 2 if b.quick else 3
+    fast = _medians(b, {
+        "import torch, torchvision, timm, hydra": ([py, "-c", "import torch, torchvision, timm, hydra"], {}),
+        "main_cifar.py --help": ([py, "main_cifar.py", "--help"], {}),
+        "main_cifar.py model.arch=no_such_net (config error)": ([py, "main_cifar.py", "model.arch=no_such_net"], {"expect": 2}),
+    }, runs)
+    imports = statistics.median(fast["import torch, torchvision, timm, hydra"])
+    rows = [{"section": sec, "name": f"wall: {name}", "value": statistics.median(t), "unit": "s", "note": spread_note(t)}
+            for name, t in fast.items()]
+    for name in list(fast)[1:]:
+        rows.append(goal_row(sec, f"goal: {name.split(' (')[0]} < 1.5 s", statistics.median(fast[name]) / 1.5, 1.0, "1.5 s", True,
+                             note=f"{statistics.median(fast[name]):.2f} s"))
+    env = {"SIMAM_IMPL": os.environ.get("SIMAM_IMPL", "auto")}
+    with tempfile.TemporaryDirectory() as tmp:
+        one_step = [py, "main_cifar.py", *QUICKSTART, "trainer.epochs=1", "trainer.max_steps_per_epoch=1",
+                    "data.eval_batch_size=400", "trainer.progress=none"]
+        train = [run_timed(one_step + [f"hydra.run.dir={tmp}/r{i}"], env=env)[0] for i in range(runs)]
+        evaluate = [run_timed([py, "main_cifar.py", *QUICKSTART, "evaluate=true", "data.eval_batch_size=400",
+                               f"resume={tmp}/r0/checkpoints/last.pth"], env=env)[0] for _ in range(runs)]
+    for name, t in {"1 training step + 1 evaluated batch (whole process)": train,
+                    "evaluation only, 1 batch (-e --resume, whole process)": evaluate}.items():
+        rows.append({"section": sec, "name": f"wall: {name}", "value": statistics.median(t), "unit": "s",
+                     "note": f"first run {t[0]:.2f} s; {spread_note(t)}"})
+        rows.append(goal_row(sec, f"goal: {name.split(' (')[0]} <= import + 2 s", statistics.median(t) / (imports + 2), 1.0,
+                             "import + 2 s", True, note=f"import {imports:.2f} s"))
+    return rows
+
+
+def _epoch_times(run_dir: Path) -> list[float]:
+    return [json.loads(line)["epoch_time"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def bench_devices(b: Bench) -> list[Row]:
+    """trainer.devices=2 against torchrun --nproc_per_node=2 on the same small CPU job (goal: within 5%),
+    OMP_NUM_THREADS unset so that the trainer's own thread split is what is measured."""
+    import shutil
+    import tempfile
+
+    sec = "devices"
+    num_train, epochs = (256, 2) if b.quick else (1024, 3)
+    job = ["main_cifar.py", "data=fake", f"data.num_train={num_train}", "data.num_val=64", "data.batch_size=64",
+           "model.arch=cifar_resnet20", "attention=simam", f"trainer.epochs={epochs}", "trainer.accelerator=cpu",
+           "trainer.progress=none"]
+    torchrun = shutil.which("torchrun")
+    launchers = {"trainer.devices=2": [sys.executable, *job, "trainer.devices=2"],
+                 "torchrun --nproc_per_node=2": ([torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"])
+                 + ["--standalone", "--nproc_per_node=2", *job]}
+    kw = {"env": {"SIMAM_IMPL": "function"}, "drop": ("OMP_NUM_THREADS",)}
+    epoch: dict[str, list[float]] = {n: [] for n in launchers}
+    wall: dict[str, list[float]] = {n: [] for n in launchers}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(1 if b.quick else 2):
+            for name, cmd in launchers.items():
+                run_dir = Path(tmp) / f"{name.split()[0].replace('.', '_')}{i}"
+                wall[name].append(run_timed(cmd + [f"hydra.run.dir={run_dir}"], **kw)[0])
+                epoch[name] += _epoch_times(run_dir)[1:]  # the first epoch holds one-off costs
+    rows: list[Row] = []
+    for name in launchers:
+        rows.append({"section": sec, "name": f"{name}: epoch after the first ({num_train} images)", "value": statistics.median(epoch[name]),
+                     "unit": "s", "note": f"median of {len(epoch[name])}; whole process {statistics.median(wall[name]):.1f} s"})
+    ratio = statistics.median(epoch["trainer.devices=2"]) / statistics.median(epoch["torchrun --nproc_per_node=2"])
+    rows.append(goal_row(sec, "goal: trainer.devices=2 / torchrun epoch time", ratio, 1.05, "torchrun", True))
+    return rows
+
+
+TIMM_TRAIN_ENV = "TIMM_TRAIN_PY"
+TIMM_RATE = re.compile(r"\(\s*[\d.]+s,\s*([\d.]+)/s\)")
+
+
+def timm_command(script: str, root: Path, out: Path, batch: int, epochs: int, image_size: int) -> list[str]:
+    """timm's train.py with the flags of our run: ResNet-18 from scratch, SGD, bf16 autocast,
+    channels_last, 2 loader workers, RandomResizedCrop + flip only (no colour jitter), bilinear."""
+    return [sys.executable, script, str(root), "--model", "resnet18", "--num-classes", "4", "--device", "cpu",
+            "--amp", "--amp-dtype", "bfloat16", "--channels-last", "--workers", "2", "-b", str(batch),
+            "--validation-batch-size", str(batch), "--epochs", str(epochs), "--img-size", str(image_size),
+            "--opt", "sgd", "--lr", "0.1", "--momentum", "0.9", "--weight-decay", "1e-4", "--sched", "step",
+            "--warmup-epochs", "0", "--color-jitter", "0", "--train-interpolation", "bilinear", "--log-interval", "1000",
+            "--output", str(out), "--train-split", "train", "--val-split", "val", "--seed", "0"]
+
+
+def ours_command(root: Path, run_dir: Path, batch: int, epochs: int, image_size: int) -> list[str]:
+    return [sys.executable, "main_imagenet.py", "data=imagefolder", f"data.root={root}", "model.arch=resnet18",
+            "attention=none", "trainer.amp=bf16", "trainer.channels_last=true", "data.workers=2", f"data.batch_size={batch}",
+            f"data.eval_batch_size={batch}", f"data.image_size={image_size}", f"trainer.epochs={epochs}",
+            "trainer.accelerator=cpu", "trainer.progress=none", f"hydra.run.dir={run_dir}"]
+
+
+def bench_timm_epoch(b: Bench) -> list[Row]:
+    """Our CPU training epoch against timm's train.py on the same JPEG folder, model and flags: whole-epoch
+    training images/s including the first steps (ours: metrics.jsonl; timm: the running average its last
+    progress line prints). timm's pip package does not ship train.py: point TIMM_TRAIN_PY at a copy of
+    the timm release's train.py (github.com/huggingface/pytorch-image-models)."""
+    import tempfile
+
+    sec = "timm_epoch"
+    script = os.environ.get(TIMM_TRAIN_ENV, "")
+    count, batch, image_size = (128, 32, 112) if b.quick else (512, 32, 224)
+    if not script or not Path(script).is_file():
+        cmd = " ".join(timm_command("train.py", Path("DATA"), Path("OUT"), batch, 1, image_size)[1:])
+        return [{"section": sec, "name": "timm train.py vs ours", "value": "skipped", "unit": "",
+                 "note": f"set {TIMM_TRAIN_ENV}=/path/to/timm/train.py; the command run: python {cmd}"}]
+    rates: dict[str, list[float]] = {"ours": [], "timm train.py": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "jpegs"
+        _photo_jpegs(root, count)
+        for i in range(1 if b.quick else 2):
+            run_dir = Path(tmp) / f"ours{i}"
+            run_timed(ours_command(root, run_dir, batch, 1, image_size), env={"SIMAM_IMPL": "function"})
+            rates["ours"].append(json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["throughput"])
+            _, proc = run_timed(timm_command(script, root, Path(tmp) / f"timm{i}", batch, 1, image_size))
+            found = TIMM_RATE.findall("\n".join(l for l in (proc.stdout + proc.stderr).splitlines() if "Train:" in l))
+            if not found:
+                raise RuntimeError(f"no training rate in timm's output: {(proc.stdout + proc.stderr)[-800:]}")
+            rates["timm train.py"].append(float(found[-1]))
+    rows = [{"section": sec, "name": f"{name}: resnet18 {image_size}px epoch of {count} JPEGs, bf16, channels_last, 2 workers",
+             "value": statistics.median(r), "unit": "images/s", "note": f"runs: {', '.join(f'{v:.1f}' for v in r)}"}
+            for name, r in rates.items()]
+    ratio = statistics.median(rates["ours"]) / statistics.median(rates["timm train.py"])
+    rows.append(_at_least(sec, "goal: ours / timm train.py whole-epoch images/s", ratio, 1.15, "timm", True))
+    return rows
+
+
+# ----------------------------------------------------------------------------- sections: GPU only
+def _gpu_only(b: Bench, section: str, what: str) -> Optional[list[Row]]:
+    if b.device.type == "cuda":
+        return None
+    return [{"section": section, "name": what, "value": "skipped", "unit": "", "note": "GPU only: run with --device cuda"}]
+
+
+def bench_resnet50_compile(b: Bench) -> list[Row]:
+    """ResNet-50 training images/s on synthetic data with torch.compile, bf16 autocast, channels_last
+    (goal on one H100/H200-class GPU: >= 3,000 images/s); the eager step beside it."""
+    sec = "resnet50_compile"
+    skipped = _gpu_only(b, sec, "ResNet-50 images/s with torch.compile")
+    if skipped:
+        return skipped
+    import networks
+
+    batch, steps = 256, 10
+    torch.manual_seed(0)
+    criterion = torch.nn.CrossEntropyLoss()
+    x = torch.randn(batch, 3, 224, 224, device=b.device).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), device=b.device)
+    rows: list[Row] = []
+    for name, compiled in (("eager", False), ("torch.compile", True)):
+        model = networks.create_model("resnet50", num_classes=1000).to(b.device, memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        fwd = torch.compile(model) if compiled else model
+
+        def run(fwd: Any = fwd, optimizer: Any = optimizer) -> None:
+            for _ in range(steps):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = criterion(fwd(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        t0 = time.perf_counter()
+        run()  # compiles
+        b.sync()
+        first = time.perf_counter() - t0
+        times = _heavy(b, 5).compare({name: run})[name]
+        rows.append(_rate_row(sec, f"resnet50 {name}: batch {batch} at 224px, bf16, channels_last", batch * steps, times,
+                              note=f"first run (compiling) {first:.1f} s"))
+        del model, optimizer, fwd, run
+        torch.cuda.empty_cache()
+    rate = rows[-1]["value"]
+    rows.append(_at_least(sec, "goal: resnet50 torch.compile images/s / 3000", rate / 3000, 1.0, "3000 images/s", True))
+    return rows
+
+
+def bench_gpu_decode(b: Bench) -> list[Row]:
+    """JPEG decoding of the same folder: nvJPEG batched on the GPU (engine.data's DeviceDecoder path:
+    read bytes on the host, decode on the device) against decode_jpeg on one CPU thread."""
+    sec = "gpu_decode"
+    skipped = _gpu_only(b, sec, "GPU JPEG decoding vs CPU")
+    if skipped:
+        return skipped
+    import tempfile
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from engine.data import load_encoded
+
+    count, batch = 256, 64
+    with tempfile.TemporaryDirectory() as tmp:
+        _photo_jpegs(Path(tmp), count)
+        files = sorted(str(p) for p in Path(tmp, "train").rglob("*.jpg"))
+        encoded = [load_encoded(f) for f in files]
+    batches = [encoded[i:i + batch] for i in range(0, count // batch * batch, batch)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = _heavy(b, 5).compare({
+            "cpu": lambda: [decode_jpeg(e, mode=ImageReadMode.RGB) for e in batches],
+            "gpu": lambda: [decode_jpeg(e, mode=ImageReadMode.RGB, device=b.device) for e in batches],
+        })
+    finally:
+        torch.set_num_threads(threads)
+    images = len(batches) * batch
+    rows = [_rate_row(sec, "decode_jpeg on the CPU (1 thread), 500x375 q90", images, times["cpu"]),
+            _rate_row(sec, f"decode_jpeg on the GPU (nvJPEG, batches of {batch})", images, times["gpu"])]
+    ratio = statistics.median(times["cpu"]) / statistics.median(times["gpu"])
+    rows.append({"section": sec, "name": "gpu / cpu decoding images/s", "value": ratio, "unit": "x", "ratio": ratio,
+                 "ratio_to": "cpu (1 thread)"})
     return rows
 
 
@@ -486,6 +815,11 @@ SECTIONS: dict[str, Callable[[Bench], list[Row]]] = {
     "train_step": bench_train_step,
     "cifar_epoch": bench_cifar_epoch,
     "simam_model": bench_simam_model,
+    "startup": bench_startup,
+    "devices": bench_devices,
+    "timm_epoch": bench_timm_epoch,
+    "resnet50_compile": bench_resnet50_compile,
+    "gpu_decode": bench_gpu_decode,
 }
 
 
@@ -558,6 +892,50 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
+BUSY_LOAD_PER_CPU = 0.75  # 1-minute load average per CPU above which the machine counts as busy
+
+
+def load_average() -> Optional[float]:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def label_busy(rows: list[Row], loads: list[Optional[float]], cpus: int) -> list[Row]:
+    """A goal missed while other work loaded the machine (1-minute load average above
+    BUSY_LOAD_PER_CPU per CPU before or after the section) is labelled a measurement, not a failure."""
+    known = [v for v in loads if v is not None]
+    if not known or max(known) <= BUSY_LOAD_PER_CPU * cpus:
+        return rows
+    note = f"machine busy (load average {max(known):.1f} on {cpus} CPUs): a measurement, not a verdict"
+    for r in rows:
+        if r.get("status") == "FAIL":
+            r["status"] = "MEASURED (busy)"
+            r["note"] = "; ".join(filter(None, [r.get("note", ""), note]))
+    return rows
+
+
+def training_settings(device: torch.device) -> None:
+    """On CUDA, what the trainer sets by default (engine/build.py): cuDNN autotuning, TF32."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def run_sections(bench: Bench, names: list[str]) -> list[Row]:
+    """Every section's rows; a section that raises gives one ERROR row and the others still run."""
+    rows: list[Row] = []
+    cpus = os.cpu_count() or 1
+    for name in names:
+        before = load_average()
+        try:
+            section_rows = SECTIONS[name](bench)
+        except Exception as e:  # noqa: BLE001 - reported as a row, the run goes on
+            section_rows = [{"section": name, "name": "section failed", "value": "error", "unit": "", "status": "ERROR",
+                             "note": f"{type(e).__name__}: {str(e).strip()[-600:]}"}]
+        rows += label_busy(section_rows, [before, load_average()], cpus)
+    return rows
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     try:
         args = parse_args(argv)
@@ -565,12 +943,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"benchmark.py: error: {e}", file=sys.stderr)
         return 2
     device = torch.device(args.device)
+    training_settings(device)
     bench = Bench(device=device, quick=args.quick, repeats=args.repeats, warmup=args.warmup,
                   log=lambda s: print(s, file=sys.stderr, flush=True))
     machine = machine_info(device)
-    rows: list[Row] = []
-    for name in args.sections:
-        rows += SECTIONS[name](bench)
+    rows = run_sections(bench, args.sections)
     if hasattr(os, "getloadavg"):
         machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     print(format_table(rows))
@@ -582,7 +959,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                    "machine": machine, "quick": args.quick, "repeats": args.repeats, "warmup": args.warmup,
                    "sections": {s: [r for r in rows if r["section"] == s] for s in args.sections}, "extra": bench.extra}
         args.json.write_text(json.dumps(payload, indent=1) + "\n")
-    return 0
+    return 1 if any(r.get("status") == "ERROR" for r in rows) else 0
 
 
 if __name__ == "__main__":
