@@ -8,8 +8,10 @@ Semantics kept from the original scripts (github.com/ZjjConan/SimAM, main_imagen
 - a command that uses a flag defining the model, data or recipe gets the original's defaults for
   everything it does not set (main_imagenet.py: -a resnet18, --epochs 90, -b 256, -j 4, lr 0.1 x0.1
   every 30 epochs, i.e. `epoch // 30` whatever --epochs is; main_cifar.py: --dataset cifar10, batch
-  128, 164 epochs, lr 0.1 x0.1 at 82 and 123, seed 1, attention parameter 4). -e, --resume, --seed and
-  -p alone do not; an `experiment=` override sets the recipe instead. The translation shows them all.
+  128, 164 epochs, lr 0.1 x0.1 at 82 and 123, seed 1, --attention_param 4 with --attention_type).
+  -e, --resume, --seed and -p alone do not; an evaluation (-e) or --save_weights takes the network
+  from its checkpoint and gets none; an `experiment=` override sets the recipe instead. The
+  translation shows them all.
 - -j/--workers counts the loader workers of a node (the original's DataParallel process): each of
   the N processes started for --gpu gets j // N (at least 1).
 - --gpu ids are positions in CUDA_VISIBLE_DEVICES when it is set (SLURM sets it); with a SLURM
@@ -301,6 +303,8 @@ def _given(key: str, st: _State, hydra_args: Sequence[str]) -> bool:
 
 def _defaults(st: _State, hydra_args: list[str]) -> dict[str, str]:
     """The original's defaults for what neither a flag nor an override sets; none with experiment=."""
+    if "evaluate" in st.set or "save_weights" in st.set:  # the checkpoint says what the network is; no recipe
+        return {}
     if override_value(hydra_args, "experiment") is not None:
         print(f"note: experiment={override_value(hydra_args, 'experiment')} sets the recipe: the original's defaults "
               "are not applied", file=sys.stderr)
@@ -328,8 +332,8 @@ def _resolve_attention_param(st: _State, hydra_args: list[str], defaults: dict) 
     attention = st.set.get("attention") or override_value(hydra_args, "attention") or "none"
     keys = {"simam": "attention.e_lambda", "se": "attention.reduction", "cbam": "attention.reduction"}
     value = st.attention_param
-    if value is None:
-        if not defaults or attention not in keys or _given(keys[attention], st, hydra_args):
+    if value is None:  # the original's default 4 goes with its --attention_type, not with attention=
+        if not defaults or "attention" not in st.set or attention not in keys or _given(keys[attention], st, hydra_args):
             return
         value = "4"
     if attention not in keys:

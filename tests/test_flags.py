@@ -61,10 +61,12 @@ def test_cosine_and_user_keys_win_over_the_defaults(no_gpu):
     assert hydra == ["optim=adam", "trainer.log_every=3"]
 
 
-@pytest.mark.parametrize("cmd", ["-e --resume x.pth", "--seed 3", "-p 5 model.arch=resnet18", "/d experiment=imagenet_resnet"])
+@pytest.mark.parametrize("cmd", ["-e --resume x.pth", "--seed 3", "-p 5 model.arch=resnet18", "/d experiment=imagenet_resnet",
+                                 "/d -a resnet18 -e --resume x.pth", "/d --resume x.pth --save_weights w.pth"])
 def test_no_defaults_without_a_recipe_flag_or_with_an_experiment(no_gpu, cmd):
     t = _translated(cmd)
-    assert "trainer.epochs" not in t and "optim.lr" not in t and "model.arch" not in t
+    assert not {"trainer.epochs", "optim.lr", "sched.milestones", "data.eval_batch_size"} & set(t)
+    assert ("model.arch" in t) == ("-a " in cmd)
 
 
 def test_cifar_defaults_of_the_original(no_gpu):
@@ -74,6 +76,7 @@ def test_cifar_defaults_of_the_original(no_gpu):
         assert t[key] == value, key
     assert t["data"] == "cifar10" and t["seed"] == "1" and t["sched.milestones"] == "[82,123]"
     assert _translated("--arch resnet20 --attention_type simam", "cifar")["attention.e_lambda"] == "4"  # as the original
+    assert "attention.e_lambda" not in _translated("--arch resnet20 attention=simam", "cifar")  # our default lambda
 
 
 @pytest.mark.parametrize("cmd, expected", [
@@ -153,7 +156,7 @@ def test_bad_flags_are_one_line(no_gpu, entry, cmd, needles):
     "/data/imagenet --gpu 0,1,2,3 --epochs 100 -j 20 -a resnet18 --attention_type simam --attention_param 0.1",
     "/data/imagenet --gpu 0,1,2,3 --epochs 150 -j 20 -a mobilenet_v2 --attention_type simam --attention_param 0.1 "
     "--lr .05 --cos_lr --wd 4e-5",
-    "/data/imagenet --gpu 0,1,2,3 -j 20 -a resnet18 -e --resume ckpt.pth",
+    "/data/imagenet --gpu 0,1,2,3 -j 20 -a resnet18 -e --resume ckpt.pth attention=simam",
     "/data/imagenet --epochs 10 --attention_type se",
 ])
 def test_translations_pass_the_config_check(no_gpu, cmd):
