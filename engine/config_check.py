@@ -152,7 +152,7 @@ def plain_config(cfg: Any) -> dict:
     from omegaconf import DictConfig, OmegaConf
 
     if not isinstance(cfg, DictConfig):
-        return dict(cfg)
+        return {k: v for k, v in cfg.items() if k != "hydra"}
     raw = OmegaConf.to_container(cfg, resolve=False)
     raw.pop("hydra", None)
     held = {k: v for k, v in _flatten(raw).items() if isinstance(v, str) and "${hydra:" in v}
