@@ -7,11 +7,12 @@
 """
 from .attention import create_attention, list_attentions
 from .checkpoint_info import inspect_checkpoint
+from .export import save_weights
 from .profile import count_params_flops
 from .registry import create_model, list_models, model_info, register_model
 from .weights import load_weights
 
 __all__ = [
     "count_params_flops", "create_attention", "create_model", "inspect_checkpoint", "list_attentions", "list_models",
-    "load_weights", "model_info", "register_model",
+    "load_weights", "model_info", "register_model", "save_weights",
 ]
