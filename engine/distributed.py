@@ -360,9 +360,12 @@ def _spawn_error(e: Exception, report_dir: str, signum: Optional[int]) -> SpawnE
     if getattr(e, "signal_name", None):  # killed: by the stop signal's default action, or e.g. the OOM killer
         code = EXIT_PREEMPTED if signum else EXIT_CRASH
         return SpawnError(f"training process {rank} died ({e.signal_name}){stop}; the others were stopped", code, rank, signum)
-    lines = [line for line in str(getattr(e, "msg", e)).splitlines() if line.strip()]
+    if getattr(e, "exit_code", None) is not None:  # no report: it ended before or outside `fn`
+        return SpawnError(f"training process {rank} exited with code {e.exit_code} before saying why (see its output above)",
+                          EXIT_CRASH, rank, signum)
+    lines = [line for line in str(getattr(e, "msg", e)).splitlines() if line.strip()]  # ProcessRaisedException
     last = lines[-1].strip() if lines else type(e).__name__
-    return SpawnError(f"training process {rank} failed before it started: {last}", EXIT_CRASH, rank, signum, str(getattr(e, "msg", "")))
+    return SpawnError(f"training process {rank} failed: {last}", EXIT_CRASH, rank, signum, str(getattr(e, "msg", "")))
 
 
 def spawn(fn: Callable, nprocs: int, args: tuple = (), grace_s: float = 30.0) -> None:
