@@ -134,8 +134,9 @@ def _check_batch_split(d: dict, world_size: int) -> None:
             raise UserError(f"data.{key}={d[key]} is not divisible by the {world_size} processes: use a multiple of {world_size}")
 
 
-def _workers(d: dict, info: DistInfo) -> int:
-    if d.get("workers") is None or d.get("workers") == "auto":
+def _workers(d: dict) -> int:
+    """data.workers, or (null) what the machine's cores allow for each of this node's processes."""
+    if d.get("workers") is None:
         return data_lib.default_workers(max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1))
     return int(d["workers"])
 
@@ -166,9 +167,8 @@ def _dataset_args(cfg: dict, gpu_decode: bool) -> dict:
                 num_classes=d.get("num_classes"), num_train=int(d.get("num_train", 512)), num_val=int(d.get("num_val", 128)),
                 download=bool(d.get("download", False)), seed=int(cfg["seed"]), bad_images=d.get("bad_images", "fail"),
                 normalize=False, deferred=gpu_decode)
-    extra = {"auto_augment": d.get("auto_augment"), "reprob": float(d.get("reprob") or 0.0),
-             "crop_pct": d.get("crop_pct"), "interpolation": d.get("interpolation") or "bilinear"}
-    args.update({k: v for k, v in extra.items() if v not in (None, 0.0, "bilinear")})
+    args.update(auto_augment=d.get("auto_augment"), reprob=float(d.get("reprob") or 0.0), crop_pct=d.get("crop_pct"),
+                interpolation=d.get("interpolation") or "bilinear", class_order=d.get("class_order"))
     return args
 
 
@@ -181,16 +181,15 @@ def _loader_factory(cfg: dict, info: DistInfo, mean: Any, std: Any, gpu_decode: 
 
     def make(dataset: Any, global_batch: int, train: bool) -> Any:
         batch_size = global_batch // info.world_size
+        extra = {"drop_last": drop_last, "repeated_aug": repeats} if train else {}
         if d.get("on_device"):
             inner = data_lib.build_device_loader(dataset, device=info.device, augment=d["augment"], image_size=int(d["image_size"]),
-                                                 batch_size=batch_size, train=train, **common)
+                                                 batch_size=batch_size, train=train, **common, **extra)
         else:
-            extra = {"drop_last": drop_last, **({"repeated_aug": repeats} if repeats > 1 else {})} if train else {}
-            inner = data_lib.build_loader(dataset, batch_size=batch_size, train=train, workers=_workers(d, info),
+            inner = data_lib.build_loader(dataset, batch_size=batch_size, train=train, workers=_workers(d),
                                           pin_memory=info.device.type == "cuda", **common, **extra)
         decode = data_lib.DeviceDecoder(dataset.transform, info.device) if gpu_decode else None
-        prefetcher = getattr(data_lib, 'DevicePrefetcher', None) or __import__('engine.prefetch', fromlist=['x']).DevicePrefetcher  # TEMP until engine.data lands
-        return prefetcher(inner, device=info.device, mean=mean, std=std,
+        return data_lib.DevicePrefetcher(inner, device=info.device, mean=mean, std=std,
                                          channels_last=bool(t["channels_last"]), decode=decode)
 
     return make

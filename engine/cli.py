@@ -58,48 +58,21 @@ def _check_creatable(path: Path) -> None:
 
 
 def _compose(config_name: str, overrides: list[str]) -> Any:
-    """The config as the job will see it (with the hydra node); a bad override is one line."""
+    """The config as the job will see it (with the hydra node); a bad override is one line with
+    the closest valid names (engine.help)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import MissingConfigException
+
+    from .help import explain_compose_error
 
     try:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
             return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    except MissingConfigException as e:
-        raise UserError(_missing_config_message(e, overrides)) from None
     except Exception as e:  # noqa: BLE001 - Hydra/OmegaConf override errors
-        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-        msg = "; ".join(lines[:2]) if lines else type(e).__name__
-        raise UserError(f"invalid override: {_hint_key_typo(msg, overrides)}") from None
+        raise UserError(explain_compose_error(e, overrides, config_name)) from None
     finally:
         GlobalHydra.instance().clear()
-
-
-def _missing_config_message(e: Any, overrides: list[str]) -> str:
-    group = (getattr(e, "missing_cfg_file", "") or "").split("/")[0]
-    options = sorted(getattr(e, "options", None) or [])
-    if not group or not options:
-        return str(e).splitlines()[0]
-    bad = override_value(overrides, group) or ""
-    try:
-        from .help import suggest
-
-        hint = suggest(bad, options)
-    except ImportError:
-        hint = ""
-    return f"unknown {group} {bad!r}{'; ' + hint if hint else ''}; valid: {', '.join(options)}"
-
-
-def _hint_key_typo(msg: str, overrides: list[str]) -> str:
-    """Hydra's 'Key X is not in struct' suggests '+X'; suggest the closest existing key instead."""
-    try:
-        from .help import suggest_key
-    except ImportError:
-        return msg
-    hint = suggest_key(msg, overrides)
-    return hint or msg
 
 
 def _resolved(cfg: Any) -> tuple[dict, Path]:
@@ -158,12 +131,9 @@ def _prepare(config_name: str, entry: str, overrides: list[str]) -> list[str]:
     extra += _checkpoint_extras(overrides + extra)
     cfg = _compose(config_name, overrides + extra)
     plain, run_dir = _resolved(cfg)
-    try:
-        from .config_check import check_config
-    except ImportError:
-        check_config = None
-    if check_config is not None:
-        check_config(plain, entry)
+    from .config_check import check_config
+
+    check_config(plain, entry)
     _check_creatable(run_dir)
     from .contract import plan_start, read_meta
 
@@ -206,10 +176,8 @@ def main(config_name: str, entry: str, argv: Optional[Sequence[str]] = None) -> 
 
 
 def _print_help(entry: str) -> bool:
-    try:
-        from .help import help_text
-    except ImportError:
-        return False
+    from .help import help_text
+
     print(help_text(entry))
     return True
 

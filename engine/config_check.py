@@ -271,7 +271,7 @@ RULES: dict[str, Rule] = {
     "simam_lambda": _pos(), "input_size": Rule("int", 1, 1024),
     "model.block": Rule("str", choices=("basic", "bottleneck"), null=True),
     "model.init": Rule("str", choices=("original", "kaiming")),
-    "data.batch_size": _int(), "data.eval_batch_size": _int(), "data.workers": _int(0),
+    "data.batch_size": _int(), "data.eval_batch_size": _int(), "data.workers": _int(0, null=True),
     "data.image_size": Rule("int", 1), "data.num_classes": _int(null=True),
     "data.num_train": _int(), "data.num_val": _int(),
     "data.augment": Rule("str", choices=("cifar", "imagenet", "alexnet", "none")),
@@ -279,7 +279,7 @@ RULES: dict[str, Rule] = {
     "data.interpolation": Rule("str", choices=("bilinear", "bicubic", "nearest")),
     "data.drop_last": Rule("bool", null=True), "data.auto_augment": Rule("str", null=True),
     "data.reprob": _unit(), "data.repeated_aug": _int(0), "data.crop_pct": _unit(gt=True, null=True),
-    "data.root": Rule("str", null=True),
+    "data.root": Rule("str", null=True), "data.class_order": Rule("str", choices=("imagenet", "sorted", "auto"), null=True),
     "optim.lr": _pos(), "optim.weight_decay": Rule("num", 0), "optim.momentum": _unit(lt=True),
     "optim.betas": Rule("nums", 0, 1, lt=True), "optim.clip_grad": _pos(null=True),
     "optim.clip_mode": Rule("str", choices=("norm", "value")), "optim.lr_base": _pos(null=True),
@@ -444,6 +444,19 @@ def _check_combinations(cfg: dict) -> None:
     warmup = sched.get("warmup_epochs") or 0
     if warmup > epochs:
         raise UserError(f"sched.warmup_epochs={_fmt(warmup)} is longer than trainer.epochs={epochs}: use at most {epochs}")
+    _check_auto_augment(cfg["data"].get("auto_augment"))
+
+
+def _check_auto_augment(name: Any) -> None:
+    """A timm auto-augment string is parsed by timm: only when one is given (it imports torch)."""
+    if name is None:
+        return
+    from .data import build_auto_augment
+
+    try:
+        build_auto_augment(str(name), 32, (0.5, 0.5, 0.5))
+    except ValueError as e:
+        raise UserError(f"data.auto_augment={name}: {str(e).splitlines()[0]}") from None
 
 
 def default_config(entry: str) -> dict:

@@ -21,3 +21,10 @@ def composed(overrides: Sequence[str], entry: str = "cifar") -> dict:
             return plain_config(compose(config_name=entry, overrides=list(overrides)))
     finally:
         GlobalHydra.instance().clear()
+
+
+def compose_plain(entry: str, overrides: Sequence[str], run_dir: Path) -> dict:
+    """`composed` with run_dir set: the dict engine.build takes."""
+    cfg = composed(overrides, entry)
+    cfg["run_dir"] = str(run_dir)
+    return cfg
