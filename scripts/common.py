@@ -257,13 +257,18 @@ def lookup_published_params(table: dict, dataset: str, arch: str, attention: str
 
 
 # ------------------------------------------------------------------------------------ networks
+_DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "digits": 10, "fake": 10}  # engine.data's defaults
+
+
 def config_num_classes(config: dict, spec: Optional[dict] = None) -> int:
-    """Head size: the checkpoint's model_spec, else data.num_classes, else the architecture's usual one."""
+    """Head size: the checkpoint's model_spec, else data.num_classes, else the data set's (or the architecture's) usual one."""
     if spec and spec.get("num_classes"):
         return int(spec["num_classes"])
-    n = (config.get("data") or {}).get("num_classes")
-    if n:
-        return int(n)
+    data = config.get("data") or {}
+    if data.get("num_classes"):
+        return int(data["num_classes"])
+    if data.get("name") in _DATASET_CLASSES:
+        return _DATASET_CLASSES[data["name"]]
     import networks
 
     return networks.model_info(config["model"]["arch"]).num_classes

@@ -199,18 +199,33 @@ def _param_note(pub: Published, g: Group) -> str:
         return ""
 
 
+_PAPER_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
+_PAPER_SIZES = {"cifar10": 32, "cifar100": 32, "imagenet": 224}  # AlexNet's 128 px: no published FLOPs
+
+
 def _published_cells(g: Group, acc: dict, published: dict, params_table: dict, lookup_ds: str) -> dict:
+    """Published accuracies, params and FLOPs of the group's network, and ours minus them; params only for the
+    published head size, FLOPs only at the published image size (else they would be another network's)."""
     block = g.block or None
     pub: Optional[Published] = lookup_published(published, lookup_ds, g.arch, g.attention, block)
     params = lookup_published_params(params_table, lookup_ds, g.arch, g.attention, g.attention_kwargs, block)
-    note = _param_note(pub, g) if pub else ""
+    params = params or (pub.params_M if pub else None)
+    config = g.runs[0].config
+    try:
+        same_head = config_num_classes(config) == _PAPER_CLASSES.get(lookup_ds)
+    except (KeyError, ValueError, TypeError):
+        same_head = False
+    size = (config.get("data") or {}).get("image_size")
+    note = "; ".join(filter(None, [_param_note(pub, g) if pub else "",
+                                   f"FLOPs published at {_PAPER_SIZES.get(lookup_ds)} px, this run uses {size}"
+                                   if pub and pub.flops_G and size != _PAPER_SIZES.get(lookup_ds) else ""]))
     return {
         "published_top1": pub.top1 if pub else None, "published_top5": pub.top5 if pub else None,
         "diff_top1": _diff(acc["best_top1_mean"], pub.top1 if pub else None),
         "diff_top5": _diff(acc["best_top5_mean"], pub.top5 if pub else None),
         "published_source": (f"{pub.file}: {pub.source}" + (f" ({note})" if note else "")) if pub else "",
-        "published_params_M": params if params is not None else (pub.params_M if pub else None),
-        "published_flops_G": pub.flops_G if pub else None,
+        "published_params_M": params if same_head else None,
+        "published_flops_G": pub.flops_G if pub and size == _PAPER_SIZES.get(lookup_ds) else None,
     }
 
 
@@ -388,7 +403,9 @@ def _md_cell(row: dict, key: str) -> str:
         return f"{v:.2f}"
     if key in ("published_params_M", "published_flops_G"):
         return str(v)  # as published
-    if key in ("params_M", "macs_thop_G", "macs_G"):
+    if key == "params_M":
+        return f"{v:.4f}"  # params.csv's precision
+    if key in ("macs_thop_G", "macs_G"):
         return f"{v:.4f}" if v < 1 else f"{v:.3f}"
     if key == "train_images_per_s":
         return f"{v:.0f}"

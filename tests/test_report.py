@@ -180,17 +180,23 @@ def test_report_of_a_sweep_with_malformed_lines(synthetic, paper_dir, tmp_path, 
 def test_report_shows_top5_deltas_and_published_params_flops(tmp_path, paper_dir, capsys):
     root = tmp_path / "runs"
     att = {"name": "simam", "e_lambda": 0.1}
-    _run(root, "r50", _config("resnet50", att, dataset="imagenet", epochs=1, image_size=64), [_record(1, 70.0, 90.0)], {"state": "done"})
+    _run(root, "r50", _config("resnet50", att, dataset="imagenet", epochs=1, image_size=224), [_record(1, 70.0, 90.0)], {"state": "done"})
+    _run(root, "r50_64px", _config("resnet50", att, dataset="imagenet", epochs=1, image_size=64), [_record(1, 60.0, 80.0)], {"state": "done"})
     _run(root, "r164", _config("cifar_resnet164", epochs=1, block="basic"), [_record(1, 70.0, 90.0)], {"state": "done"})
+    _run(root, "r20_cifar10", _config(dataset="cifar10", epochs=1), [_record(1, 70.0, 90.0)], {"state": "done"})
     out = tmp_path / "out"
-    assert report.main([str(root), "--out", str(out), "--paper", str(paper_dir), "--no-plots"]) == 0
+    assert report.main([str(root), "--out", str(out), "--paper", str(paper_dir), "--no-plots", "--dataset-alias", "cifar10=cifar100"]) == 0
     with open(out / "report.csv", newline="") as f:
-        rows = {r["arch"]: r for r in csv.DictReader(f)}
-    r50 = rows["resnet50"]
+        rows = {Path(r["run_dirs"]).name: r for r in csv.DictReader(f)}
+    r50 = rows["r50"]
     assert float(r50["diff_top1"]) == pytest.approx(70.0 - 77.45) and float(r50["diff_top5"]) == pytest.approx(90.0 - 93.66)
-    assert r50["published_params_M"] == "25.5570" and r50["published_flops_G"] == "4.11" and float(r50["macs_thop_G"]) > 0
-    r164 = rows["cifar_resnet164"]  # trained with basic blocks: the published bottleneck numbers are another network's
+    assert r50["published_params_M"] == "25.5570" and r50["published_flops_G"] == "4.11"
+    assert float(r50["macs_thop_G"]) == pytest.approx(4.13, abs=0.01)  # thop's count at 224 px, beside the published 4.11
+    assert rows["r50_64px"]["published_flops_G"] == "" and "FLOPs published at 224 px" in rows["r50_64px"]["published_source"]
+    r164 = rows["r164"]  # trained with basic blocks: the published bottleneck numbers are another network's
     assert r164["block"] == "basic" and r164["published_top1"] == "" and r164["published_params_M"] == ""
+    r20 = rows["r20_cifar10"]  # looked up as cifar100 (alias), but a 10-class head: not the published 100-class count
+    assert float(r20["published_top1"]) == 69.83 and r20["published_params_M"] == ""
     md = (out / "report.md").read_text()
     assert "| Δ top-5 |" in md and "| -3.66 |" in md and "| 25.5570 |" in md and "| 4.11 |" in md
 
