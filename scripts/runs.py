@@ -95,7 +95,7 @@ def find_run_dirs(paths: Iterable[os.PathLike | str]) -> list[Path]:
 
 
 def _is_evaluation_only(run_dir: Path) -> bool:
-    if (run_dir / "metrics.jsonl").exists() or (run_dir / "status.json").exists():
+    if (run_dir / "metrics.jsonl").exists():
         return False
     cfg = run_dir / ".hydra" / "config.yaml"
     try:
