@@ -297,8 +297,8 @@ def build_run(cfg: dict, info: DistInfo, plan: StartPlan) -> Run:
         run.steps_per_epoch = min(run.steps_per_epoch, int(opts.max_steps_per_epoch))
     _wrap(run, cfg)
     _training(run, cfg)
-    if plan.kind == "resume" and is_run_checkpoint(run.checkpoint):
-        _restore_training(run)
+    if plan.kind == "resume":
+        (_restore_training if is_run_checkpoint(run.checkpoint) else _restore_original)(run)
     return run
 
 
@@ -374,3 +374,40 @@ def _resume_line(run: Run) -> str:
         line += (f"; extending the run from {plan.extend_from} to {run.opts.epochs} epochs: the {sched.name} schedule is rebuilt "
                  f"for the new length, lr continues at {sched.lr_at(st.step):.6g} and ends at {sched.lr_at(end):.6g} (step {end})")
     return line
+
+
+def _restore_original(run: Run) -> None:
+    """--resume of the original SimAM code's checkpoint ({'epoch', 'state_dict', 'best_acc1',
+    'optimizer'}): continue at its epoch with its optimizer, as the original did. A bare state
+    dict has neither: training starts at epoch 0 from these weights."""
+    ckpt = run.checkpoint
+    if not isinstance(ckpt, dict) or "epoch" not in ckpt:
+        run.notes.append(f"{run.plan.checkpoint} holds weights only (no epoch): training starts at epoch 0 from them")
+        return
+    if isinstance(ckpt.get("optimizer"), dict):
+        _load_foreign_optimizer(run, ckpt["optimizer"])
+    epoch = int(ckpt["epoch"])
+    best = next((ckpt[k] for k in ("best_acc1", "best_prec1", "best_acc") if k in ckpt), float("-inf"))
+    run.state = TrainState(epoch=epoch, step=epoch * math.ceil(run.steps_per_epoch / run.opts.accum_steps),
+                           best_acc1=float(best), best_epoch=epoch)
+    run.scheduler.step_update(num_updates=run.state.step)
+    run.notes.append(f"resumed the original code's checkpoint {run.plan.checkpoint}: epoch {epoch}, best acc1 {float(best):.2f}, "
+                     f"{'its optimizer state' if isinstance(ckpt.get('optimizer'), dict) else 'a new optimizer'}, "
+                     f"lr {run.scheduler.lr_at(run.state.step):.6g}")
+
+
+def _load_foreign_optimizer(run: Run, state: dict) -> None:
+    """Load an optimizer state of another code base, refusing buffers whose shapes do not fit."""
+    params = [p for g in run.optimizer.param_groups for p in g["params"]]
+    try:
+        run.optimizer.load_state_dict(state)
+    except (ValueError, KeyError) as e:
+        raise UserError(f"the optimizer state in {run.plan.checkpoint} does not fit this model ({str(e).splitlines()[0]}): "
+                        f"start from its weights only with init_from={run.plan.checkpoint}") from None
+    for p in params:
+        for buf in run.optimizer.state.get(p, {}).values():
+            if isinstance(buf, torch.Tensor) and buf.dim() and buf.shape != p.shape:
+                raise UserError(f"the optimizer state in {run.plan.checkpoint} does not fit this model (a buffer of shape "
+                                f"{tuple(buf.shape)} for a parameter of {tuple(p.shape)}): use init_from={run.plan.checkpoint}")
+    for group in run.optimizer.param_groups:  # the recipe's lr/decay, not the other code's stored values
+        group.pop("initial_lr", None)

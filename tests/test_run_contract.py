@@ -160,3 +160,33 @@ def test_evaluation_overrides_take_the_network_from_the_checkpoint():
     assert "data=fake" not in evaluation_overrides(stored, ["data=cifar10"], data_given=True)
     with pytest.raises(UserError, match="attention.reduction=16 contradicts"):
         evaluation_overrides(stored, ["attention.reduction=16"], data_given=False)
+
+
+def test_resume_of_an_original_checkpoint_continues_its_epoch_and_optimizer(tmp_path):
+    import networks
+
+    model = networks.create_model("cifar_resnet20", num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    opt.step()  # momentum buffers exist, as in a checkpoint written after an epoch
+    original = {"epoch": 1, "arch": "resnet20", "best_acc1": torch.tensor(12.5),
+                "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "optimizer": opt.state_dict()}
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save(original, path)
+    run_dir = tmp_path / "r"
+    proc = check_ok(run_cli(FAKE + ["trainer.epochs=2", f"resume={path}", f"hydra.run.dir={run_dir}"]))
+    assert "resumed the original code's checkpoint" in proc.stderr and "epoch 1" in proc.stderr
+    assert [r["epoch"] for r in metrics(run_dir)] == [2]
+    last = torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)
+    assert last["epoch"] == 2 and last["step"] == 8
+
+
+def test_resume_of_an_original_checkpoint_whose_optimizer_does_not_fit_is_refused(tmp_path):
+    import networks
+
+    model = networks.create_model("cifar_resnet20", num_classes=10)
+    other = torch.optim.SGD(networks.create_model("cifar_resnet32", num_classes=10).parameters(), lr=0.1)
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"epoch": 1, "state_dict": model.state_dict(), "optimizer": other.state_dict()}, path)
+    assert_user_error(run_cli(FAKE + ["trainer.epochs=2", f"resume={path}", f"hydra.run.dir={tmp_path / 'r'}"]),
+                      "optimizer state", "init_from=")
