@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-import numpy as np
 
 import torch
 import torch.distributed as dist
@@ -29,7 +27,7 @@ from torch import nn
 __all__ = [
     "CPUSyncBatchNorm", "DistInfo", "EXIT_CRASH", "EXIT_INTERRUPTED", "SpawnError", "all_reduce_min", "all_reduce_sum",
     "available_cores", "barrier", "broadcast_object", "cleanup", "convert_sync_batchnorm", "find_free_port",
-    "init_distributed", "seed_process", "spawn", "threads_per_process", "world_size",
+    "init_distributed", "spawn", "threads_per_process", "world_size",
 ]
 
 EXIT_CRASH = 1  # an unexpected exception (a bug, an out-of-memory...) or a rank killed by a signal
@@ -116,19 +114,6 @@ def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return t
-
-
-def seed_process(seed: int, rank: int = 0) -> int:
-    """Seed Python, NumPy and torch (CPU and every GPU) with `seed + rank`; returns it.
-
-    Each rank then draws its own dropout masks and other model randomness; sample augmentation
-    does not use these generators (engine.data seeds it from (seed, epoch, index)).
-    """
-    value = int(seed) + int(rank)
-    random.seed(value)
-    np.random.seed(value % 2**32)
-    torch.manual_seed(value)
-    return value
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""engine.distributed: threads per spawned process, stop signals and failures of the ranks, GPUs per node, seeds."""
+"""engine.distributed: threads per spawned process, stop signals and failures of the ranks, GPUs per node."""
 import json
 import os
 import signal
@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-from engine.distributed import SpawnError, init_distributed, seed_process, spawn, threads_per_process
+from engine.distributed import SpawnError, init_distributed, spawn, threads_per_process
 from engine.errors import UserError
 
 
@@ -67,14 +66,6 @@ def test_a_launcher_binding_one_gpu_per_task_is_accepted(monkeypatch):
     cuda.count = 2  # two GPUs visible to local rank 2: a third process on two GPUs
     with pytest.raises(UserError, match="3 processes on this node but 2 visible GPU"):
         init_distributed("auto")
-
-
-def test_seed_process_gives_each_rank_its_own_dropout_masks():
-    masks = {}
-    for rank in (0, 1, 0):
-        assert seed_process(7, rank) == 7 + rank
-        masks.setdefault(rank, []).append(nn.functional.dropout(torch.ones(64), 0.5))
-    assert torch.equal(masks[0][0], masks[0][1]) and not torch.equal(masks[0][0], masks[1][0])
 
 
 # ------------------------------------------------------------------ spawned ranks (module-level: pickled by name)
