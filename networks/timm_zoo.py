@@ -21,7 +21,9 @@ defaults to the paper's value for the family: 0.1 ImageNet, 1e-4 CIFAR, 1e-5 Ale
 other keyword of `networks.create_model` (`init`, `block`, `attn_position`). There are no
 pretrained weights to download: `pretrained=True` is refused; load a checkpoint instead
 (`checkpoint_path=`, train.py `--initial-checkpoint`, validate.py `--checkpoint`): timm reads the
-weights under our checkpoints' "model" key. Each model's `pretrained_cfg` carries the input size,
+weights under our checkpoints' "model" key, and the SimAM code's released checkpoints
+("state_dict", attention wrapped in `conv2.0`/`bn3.1`) load too: a load_state_dict pre-hook
+renames their keys to ours and refuses one of another attention type (as `networks.load_weights`). Each model's `pretrained_cfg` carries the input size,
 crop fraction, interpolation and normalisation of its data sets, which timm's
 `resolve_data_config` uses.
 """
@@ -34,6 +36,7 @@ from torch import nn
 
 from .attention import resolved_kwargs
 from .registry import create_model, list_models, model_info
+from .weights import check_attention, inspect_checkpoint, to_model_keys
 
 __all__ = ["TIMM_PREFIXES", "clashes", "list_timm_models", "pretrained_cfg", "register_timm_models", "timm_name"]
 
@@ -102,7 +105,23 @@ def _build(arch: str, attention: str, name: str, kwargs: dict[str, Any]) -> nn.M
     model = create_model(arch, num_classes=num_classes, attention=attention, attention_kwargs=attn_kwargs, **model_kwargs)
     model.num_classes = int(num_classes)
     model.pretrained_cfg = model.default_cfg = pretrained_cfg(arch, int(num_classes))
+    model.register_load_state_dict_pre_hook(_accept_original_layout)
     return model
+
+
+def _accept_original_layout(module: nn.Module, state_dict: dict, prefix: str, *_: Any) -> None:
+    """timm loads with a plain `load_state_dict`: let it read the SimAM code's checkpoints too.
+
+    Renames the original layout to ours in place (as `networks.load_weights` does) after
+    refusing a checkpoint whose keys show another attention type than the model's.
+    """
+    if prefix:  # only the root module's call
+        return
+    check_attention(module, inspect_checkpoint(dict(state_dict)))
+    renamed, count = to_model_keys(state_dict, set(module.state_dict()))
+    if count:
+        state_dict.clear()
+        state_dict.update(renamed)
 
 
 def _entrypoint(arch: str, attention: str) -> Callable[..., nn.Module]:

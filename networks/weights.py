@@ -22,7 +22,8 @@ from torch import nn
 
 from .checkpoint_info import inspect_checkpoint, strip_wrappers
 
-__all__ = ["LoadReport", "WeightsError", "extract_state_dict", "inspect_checkpoint", "load_weights", "read_checkpoint"]
+__all__ = ["LoadReport", "WeightsError", "check_attention", "extract_state_dict", "inspect_checkpoint", "load_weights", "read_checkpoint",
+           "to_model_keys"]
 
 _THOP_KEYS = ("total_ops", "total_params")
 # (pattern, replacement) tried in order for a key the model does not have; a rename is kept only
@@ -115,8 +116,8 @@ def extract_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], str]:
     return dict(obj), "state_dict"
 
 
-def _normalise(sd: Mapping[str, torch.Tensor], model_keys: set[str]) -> tuple[dict[str, torch.Tensor], int]:
-    """Strip wrapper prefixes and thop buffers, rename the SimAM code's layout to ours."""
+def to_model_keys(sd: Mapping[str, torch.Tensor], model_keys: set[str]) -> tuple[dict[str, torch.Tensor], int]:
+    """Strip wrapper prefixes and thop buffers, rename the SimAM code's layout to ours; (state dict, renamed keys)."""
     out: dict[str, torch.Tensor] = {}
     renamed = 0
     for key, value in sd.items():
@@ -166,11 +167,11 @@ def load_weights(
     obj = read_checkpoint(source, trust=trust) if isinstance(source, (str, os.PathLike)) else source
     sd, fmt = extract_state_dict(obj)
     target = model.state_dict()
-    sd, renamed = _normalise(sd, set(target))
+    sd, renamed = to_model_keys(sd, set(target))
     if isinstance(obj, Mapping) and strict:
         _check_spec(model, obj.get("model_spec"))
     if strict:
-        _check_attention(model, inspect_checkpoint(obj))
+        check_attention(model, inspect_checkpoint(obj))
     shape_errors = [
         f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}"
         for k, v in sd.items()
@@ -234,7 +235,7 @@ def _suggested_param(attention: str, arch: str, inferred: Optional[int]) -> Opti
     return "1e-5" if arch == "alexnet" else "0.1" if family == "imagenet" else "1e-4"
 
 
-def _check_attention(model: nn.Module, info: Mapping[str, Any]) -> None:
+def check_attention(model: nn.Module, info: Mapping[str, Any]) -> None:
     """Refuse a checkpoint whose keys show another attention type than the model's."""
     mine = (getattr(model, "model_spec", None) or {}).get("attention")
     theirs = info.get("attention")

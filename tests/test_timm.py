@@ -146,3 +146,30 @@ def test_a_fresh_timm_knows_our_names_only_after_importing_networks():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True"]
+
+
+def _original_simam_r18(tmp_path: Path, attention: str) -> tuple[torch.nn.Module, Path]:
+    """A checkpoint file of the SimAM code (its README's released format), from the reference network."""
+    import reference_simam as ref
+
+    torch.manual_seed(0)
+    original = ref.build_reference("resnet18", 1000, attention, 0.1 if attention == "simam" else None).eval()
+    with torch.no_grad():
+        for m in original.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "model_best.pth.tar"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in original.state_dict().items()}, "epoch": 100,
+                "arch": "resnet18", "best_acc": 71.31}, path)
+    return original, path
+
+
+def test_validate_py_loads_the_simam_codes_checkpoint(tmp_path: Path):
+    original, path = _original_simam_r18(tmp_path, "simam")
+    model = timm.create_model("simam_resnet18", pretrained=False, num_classes=None, in_chans=3)
+    load_checkpoint(model, str(path), use_ema=False)  # conv2.0.weight -> conv2.weight by the pre-hook
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), original(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="add --attention_type simam --attention_param 0.1"):
+        load_checkpoint(timm.create_model("plain_resnet18"), str(path), use_ema=False)
