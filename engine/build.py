@@ -279,13 +279,16 @@ def build_run(cfg: dict, info: DistInfo, plan: StartPlan) -> Run:
     seed_process(int(cfg["seed"]), info.rank)
     setup_backends(cfg["trainer"], info.device, bool(cfg.get("evaluate")))
     opts = build_options(cfg)
-    train_loader, val_loader, num_classes = build_data(cfg, info)
+    ckpt = load_checkpoint(plan.checkpoint, trust=bool(cfg.get("trust_checkpoint"))) if plan.checkpoint else None
+    if plan.kind == "weights":  # convert weights: no data set needed, the classes are the checkpoint's
+        train_loader, val_loader, num_classes = None, None, _checkpoint_classes(ckpt, cfg)
+    else:
+        train_loader, val_loader, num_classes = build_data(cfg, info)
     model = build_model(cfg, num_classes)
     run = Run(info=info, paths=RunPaths(Path(cfg["run_dir"])), config=cfg, plan=plan, opts=opts, model=model,
-              train_model=model, val_loader=val_loader, train_loader=train_loader)
+              train_model=model, val_loader=val_loader, train_loader=train_loader, checkpoint=ckpt)
     run.model_spec_classes = num_classes
-    if plan.checkpoint is not None:
-        run.checkpoint = load_checkpoint(plan.checkpoint, trust=bool(cfg.get("trust_checkpoint")))
+    if ckpt is not None:
         load_into(run, plan.kind)
     model.to(info.device)
     if opts.channels_last:
@@ -302,11 +305,18 @@ def build_run(cfg: dict, info: DistInfo, plan: StartPlan) -> Run:
     return run
 
 
+def _checkpoint_classes(ckpt: Any, cfg: dict) -> int:
+    classes = networks.inspect_checkpoint(ckpt).get("num_classes") or cfg["data"].get("num_classes")
+    if not classes:
+        raise UserError("cannot tell the checkpoint's number of classes: set data.num_classes")
+    return int(classes)
+
+
 def load_into(run: Run, kind: str) -> None:
     """The model's weights from the loaded checkpoint: all of it (resume, evaluate) or, for
     init_from, everything but a classifier whose shape does not fit (re-initialised, reported)."""
     ckpt = run.checkpoint
-    if kind == "evaluate" and run.opts.evaluate_ema:
+    if kind in ("evaluate", "weights") and run.opts.evaluate_ema:
         if not isinstance(ckpt, dict) or not ckpt.get("ema"):
             raise UserError(f"{run.plan.checkpoint} holds no EMA weights (trained without ema.enabled): drop ema=true")
         ckpt = {"model": ckpt["ema"], "model_spec": ckpt.get("model_spec")}

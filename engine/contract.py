@@ -93,10 +93,15 @@ def plan_start(cfg: dict, run_dir: Path, read_meta: Any) -> StartPlan:
     config/epoch/batch/step (None for weights that are not a run of this project)."""
     if cfg.get("resume") and cfg.get("init_from"):
         raise UserError("resume= continues a run and init_from= starts a new one from weights: give one of them")
+    if cfg.get("save_weights") and not (cfg.get("resume") or cfg.get("init_from")):
+        raise UserError("save_weights=PATH writes the weights of resume=/init_from= in weights_format and exits (the original "
+                        "--save_weights): add resume=CHECKPOINT; to write the trained backbone after training use export_backbone=PATH")
     if cfg.get("evaluate"):
         if not cfg.get("resume") and not cfg.get("init_from"):
             raise UserError("evaluate=true (-e) needs a checkpoint: add resume=PATH (--resume PATH)")
         return StartPlan("evaluate", _existing_path(cfg.get("resume") or cfg.get("init_from"), "resume"))
+    if cfg.get("save_weights"):
+        return StartPlan("weights", _existing_path(cfg.get("resume") or cfg.get("init_from"), "resume"))
     if cfg.get("init_from"):
         _refuse_existing_run(run_dir, read_meta, "init_from=")
         return StartPlan("init", _existing_path(cfg["init_from"], "init_from"))

@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import networks
 
 from .build import Run
@@ -54,7 +52,8 @@ def _train_epoch(run: Run, epoch: int, batch0: int, logger: RunLogger, stop: Sto
     o = run.opts
     run.train_loader.set_epoch(epoch)
     run.train_loader.sampler.set_start_batch(batch0)
-    logger.start_epoch(epoch, o.epochs, run.steps_per_epoch, first=batch0)
+    logger.start_epoch(epoch, o.epochs, run.steps_per_epoch, first=batch0,
+                       run_steps_left=(o.epochs - epoch) * run.steps_per_epoch - batch0)
     ema = run.ema
     try:
         return train_one_epoch(
@@ -79,8 +78,7 @@ def _loop_extras(run: Run, logger: RunLogger) -> dict:
         extra["accum_steps"] = o.accum_steps
     if o.clip_grad is not None:
         extra.update(clip_grad=float(o.clip_grad), clip_mode=o.clip_mode)
-    if hasattr(logger, "advance"):
-        extra["on_step"] = logger.advance
+    extra["on_step"] = logger.advance
     return extra
 
 

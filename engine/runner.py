@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -59,37 +60,36 @@ def _already_finished(plain: dict, plan: StartPlan) -> dict:
 def _spawn(plain: dict, devices: int, job: str, overrides: list) -> dict:
     import torch
 
-    from .distributed import spawn
+    from .distributed import SpawnError, spawn
 
     if plain["trainer"]["accelerator"] != "cpu" and torch.cuda.is_available() and devices > torch.cuda.device_count():
         raise UserError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPUs")
     for key in ("batch_size", "eval_batch_size"):
         if int(plain["data"][key]) % devices:
             raise UserError(f"data.{key}={plain['data'][key]} is not divisible by the {devices} processes: use a multiple of {devices}")
-    import torch.multiprocessing as mp
-
     try:
-        spawn(_worker, devices, args=(plain, job, overrides))
-    except mp.ProcessExitedException as e:
-        if e.exit_code in (EXIT_USER_ERROR, EXIT_PREEMPTED):  # the worker has said why
-            raise SystemExit(e.exit_code) from None
-        how = f"signal {e.signal_name}" if getattr(e, "signal_name", None) else f"exit code {e.exit_code}"
-        last = Path(plain["run_dir"]) / "checkpoints" / "last.pth"
-        print(f"error: training process {e.error_index} died ({how}); the others were stopped; "
-              f"{'resume with resume=' + str(last) if last.exists() else 'no checkpoint was written yet'}", file=sys.stderr)
-        raise SystemExit(1) from None
+        spawn(execute, devices, args=(plain, job, overrides))
+    except SpawnError as e:
+        _spawn_failed(e, plain)
     summary = Path(plain["run_dir"]) / "summary.json"
     return json.loads(summary.read_text()) if summary.exists() else {}
 
 
-def _worker(plain: dict, job: str, overrides: list) -> None:
-    """A process started by `trainer.devices=N`: user errors become one line (rank 0) and exit code 2."""
-    try:
-        execute(plain, job, overrides)
-    except UserError as e:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USER_ERROR) from None
+def _spawn_failed(e: Any, plain: dict) -> None:
+    """One line for a failed `trainer.devices` run; the same exit codes as one process."""
+    last = Path(plain["run_dir"]) / "checkpoints" / "last.pth"
+    if e.exit_code == EXIT_USER_ERROR and str(e):
+        print(f"error: {e}", file=sys.stderr, flush=True)
+    elif e.exit_code not in (EXIT_USER_ERROR, EXIT_PREEMPTED):
+        hint = f"resume with resume={last}" if last.exists() else "no checkpoint was written yet"
+        print(f"error: {e}; {hint}", file=sys.stderr, flush=True)
+        if e.detail and Path(plain["run_dir"]).is_dir():
+            get_logger().debug(e.detail)
+    if e.signum is not None:  # under submitit: its SIGUSR2 handler requeues the job (and exits)
+        handler = signal.getsignal(e.signum)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(e.signum, None)
+    raise SystemExit(e.exit_code) from None
 
 
 class _Pending(logging.Handler):
@@ -140,7 +140,7 @@ def _execute(plain: dict, info: Any, job: str, overrides: list, pending: _Pendin
     if run.plan.kind == "evaluate":
         logger = RunLogger(None, enabled=info.is_main, progress="none")
         return evaluate_checkpoint(run, logger)
-    if run.opts.save_weights:  # the original --save_weights: load, write, exit without training
+    if run.plan.kind == "weights":  # the original --save_weights: load, write, exit without training
         write_weights(run, run.opts.save_weights, RunLogger(None, enabled=False))
         return {"save_weights": run.opts.save_weights}
     if info.is_main:
@@ -187,7 +187,7 @@ def _train(run: Run, job: str) -> dict:
     from .fit import fit, write_weights
 
     o, paths = run.opts, run.paths
-    logger = RunLogger(paths.root, enabled=run.info.is_main, progress=o.progress)
+    logger = RunLogger(paths.root, enabled=run.info.is_main, progress=o.progress, progress_every_s=o.progress_every_s)
     stop = StopFlag(run.info, every=o.log_every)
     stop.install()
     try:

@@ -125,8 +125,59 @@ def test_syncbn_two_processes_match_one(tmp_path):
         torch.testing.assert_close(a[k].double(), b[k].double(), rtol=1e-5, atol=1e-5, msg=k)
 
 
-def test_save_weights_writes_backbone(tmp_path):
+def test_export_backbone_after_training_and_save_weights_of_a_checkpoint(tmp_path, two_epoch_run):
     out = tmp_path / "backbone.pth"
-    check_ok(run_cli(FAKE + ["trainer.epochs=1", "trainer.max_steps_per_epoch=1", f"save_weights={out}", f"hydra.run.dir={tmp_path / 'r'}"]))
+    check_ok(run_cli(FAKE + ["trainer.epochs=1", "trainer.max_steps_per_epoch=1", f"export_backbone={out}", "weights_format=ours",
+                             f"hydra.run.dir={tmp_path / 'r'}"]))
     sd = torch.load(out, weights_only=True)
     assert "conv1.weight" in sd and "layer3.2.bn2.weight" in sd and not any(k.startswith("linear") for k in sd)
+    # the original --save_weights: read the checkpoint, write it in the original layout, exit without training
+    converted = tmp_path / "simam_r20.pth"
+    before = sorted(p.name for p in two_epoch_run.rglob("*"))
+    proc = check_ok(run_cli(["--resume", two_epoch_run / "checkpoints" / "last.pth", f"save_weights={converted}", "attention=simam"]))
+    assert "epoch 1/" not in proc.stderr + proc.stdout
+    saved = torch.load(converted, weights_only=True)
+    assert set(saved) == {"state_dict"} and all(v.device.type == "cpu" for v in saved["state_dict"].values())
+    assert sorted(p.name for p in two_epoch_run.rglob("*")) == before
+
+@pytest.mark.slow
+def test_ema_selects_best_and_evaluates_the_ema_weights(tmp_path):
+    run_dir = tmp_path / "ema"
+    check_ok(run_cli(FAKE + ["trainer.epochs=3", "ema=true", "ema.decay=0.5", "ema.select_best=true", f"hydra.run.dir={run_dir}"]))
+    rows = metrics(run_dir)
+    assert all("ema_val_acc1" in r and r["best_metric"] == "ema_val_acc1" for r in rows)
+    best_ema = max(r["ema_val_acc1"] for r in rows)
+    chosen = next(r for r in rows if r["ema_val_acc1"] == best_ema)
+    best = torch.load(run_dir / "checkpoints" / "best.pth", weights_only=True)
+    assert best["epoch"] == chosen["epoch"] and best["best_acc1"] == best_ema
+    check_ok(run_cli(["-e", "--resume", run_dir / "checkpoints" / "best.pth", "ema=true"]))
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["acc1"] == chosen["ema_val_acc1"] and result["weights"] == "ema"
+    check_ok(run_cli(["-e", "--resume", run_dir / "checkpoints" / "best.pth"]))
+    assert json.loads((run_dir / "eval.json").read_text())["acc1"] == chosen["val_acc1"]
+
+
+def test_evaluating_ema_of_a_checkpoint_without_ema_is_refused(two_epoch_run):
+    from clihelpers import assert_user_error
+
+    assert_user_error(run_cli(["-e", "--resume", two_epoch_run / "checkpoints" / "best.pth", "ema=true"]), "no EMA weights")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", [["trainer.amp=fp16"], ["trainer.amp=bf16"], ["trainer.channels_last=true"],
+                                    ["ema=true", "ema.decay=0.9"], ["trainer.compile=true"]], ids=lambda o: o[0])
+def test_each_trainer_option_trains_and_resumes_bit_exact(tmp_path, option):
+    common = FAKE + ["data.num_train=64", "trainer.epochs=2", "attention=simam"] + option
+    full, part = tmp_path / "full", tmp_path / "part"
+    check_ok(run_cli(common + [f"hydra.run.dir={full}"]))
+    check_ok(run_cli(common + ["trainer.stop_after_epochs=1", f"hydra.run.dir={part}"]))
+    check_ok(run_cli(common + [f"resume={part / 'checkpoints' / 'last.pth'}"]))
+    a, b = (torch.load(d / "checkpoints" / "last.pth", weights_only=True) for d in (full, part))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    if a.get("ema"):
+        for k in a["ema"]:
+            assert torch.equal(a["ema"][k], b["ema"][k]), k
+    if a.get("scaler"):
+        assert a["scaler"] == b["scaler"]
+    assert [r["val_acc1"] for r in metrics(full)] == [r["val_acc1"] for r in metrics(part)]
