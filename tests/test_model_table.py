@@ -25,6 +25,7 @@ def count_params(name: str, attention: str, attention_kwargs: dict) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.slow
 @needs_shared
 def test_cifar_resnet20_beside_the_published_counts():
     proc = run_cli(["scripts.model_table", "--dataset", "cifar", "--archs", "cifar_resnet20", "--attentions", "none,simam,se"], script="-m")
@@ -69,6 +70,7 @@ def test_csv_and_markdown(tmp_path, capsys):
     assert int(rows[0]["macs"]) > int(rows[0]["macs_thop"])  # SimAM's elementwise work
 
 
+@pytest.mark.slow
 def test_unknown_name_in_a_subprocess():
     """Exit code 2 and one line on stderr, no traceback, from a real command line."""
     proc = run_cli(["scripts.model_table", "--dataset", "cifar", "--archs", "cifar_resnet21"], script="-m")
