@@ -68,11 +68,12 @@ class RunLogger:
     """
 
     def __init__(self, run_dir: Optional[Path], enabled: bool = True, progress: str = "auto", progress_every_s: float = 30.0,
-                 tensorboard: bool = True, stream: Optional[TextIO] = None, clock: Callable[[], float] = time.perf_counter) -> None:
+                 tensorboard: bool = True, stream: Optional[TextIO] = None, clock: Callable[[], float] = time.perf_counter,
+                 resume_at: Optional[tuple[int, int]] = None) -> None:
         self.enabled = enabled and run_dir is not None
         self.run_dir = run_dir
         self.log = get_logger()
-        self.tb = None
+        self.tb = self.tb_steps = None
         self.stream = stream
         if progress == "auto":
             progress = "bar" if (stream or sys.stderr).isatty() else "lines"
@@ -85,15 +86,20 @@ class RunLogger:
         if self.enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
             if tensorboard:
-                self._open_tensorboard(run_dir)
+                self._open_tensorboard(run_dir, resume_at)
 
-    def _open_tensorboard(self, run_dir: Path) -> None:
+    def _open_tensorboard(self, run_dir: Path, resume_at: Optional[tuple[int, int]]) -> None:
+        """tb/ (per-epoch scalars, step = epoch) and tb/steps/ (per-step loss, step = update). On a
+        resume at (epoch, step) each writer purges what a killed run logged after the checkpoint,
+        so TensorBoard shows no epoch or step twice."""
         try:
             from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
         except ImportError:  # pragma: no cover - tensorboard is a requirement
             self.log.warning("tensorboard not installed: no tb/ events")
+            return
+        epoch, step = resume_at or (None, None)
+        self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=None if epoch is None else epoch + 1)
+        self.tb_steps = SummaryWriter(log_dir=str(run_dir / "tb" / "steps"), purge_step=None if step is None else step + 1)
 
     def info(self, msg: str) -> None:
         if self.enabled:
@@ -155,8 +161,8 @@ class RunLogger:
         """At logging steps: step, global_step, loss, lr, images_per_s (and images)."""
         if not self.enabled:
             return
-        if self.tb is not None:
-            self.tb.add_scalar("train/step_loss", info["loss"], info["global_step"])
+        if self.tb_steps is not None:
+            self.tb_steps.add_scalar("train/step_loss", info["loss"], info["global_step"])
         self._pos = int(info["step"])
         self._last.update(loss=info["loss"], lr=info["lr"], images=info.get("images", self._last.get("images", 0)))
         if self._bar is not None:
@@ -187,12 +193,15 @@ class RunLogger:
                 if record.get(key) is not None:
                     self.tb.add_scalar(tag, record[key], step)
             self.tb.flush()
+        ema = f" | ema acc1 {record['ema_val_acc1']:.2f} acc5 {record['ema_val_acc5']:.2f}" if "ema_val_acc1" in record else ""
         self.log.info(
             "epoch {epoch} lr {lr:.4g} train loss {train_loss:.4f} acc1 {train_acc1:.2f} | val loss {val_loss:.4f} "
-            "acc1 {val_acc1:.2f} acc5 {val_acc5:.2f} | {throughput:.0f} img/s {epoch_time:.1f}s".format(**record)
+            "acc1 {val_acc1:.2f} acc5 {val_acc5:.2f}".format(**record) + ema
+            + " | {throughput:.0f} img/s {epoch_time:.1f}s".format(**record)
         )
 
     def close(self) -> None:
         self.end_epoch()
-        if self.tb is not None:
-            self.tb.close()
+        for writer in (self.tb, self.tb_steps):
+            if writer is not None:
+                writer.close()

@@ -130,3 +130,69 @@ def test_original_cifar_command_runs(jpeg_folder, tmp_path):
     assert "model.arch=cifar_resnet20" in proc.stderr and "attention.e_lambda=0.0001" in proc.stderr
     (row,) = metrics(tmp_path / "cifar")
     assert row["num_val"] == 6
+
+
+def _synset_folder(root, synsets, per_class):
+    from PIL import Image
+
+    for s in synsets:
+        d = root / "val" / s
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.new("RGB", (16, 16), (i * 40 % 255, 90, 160)).save(d / f"{i}.JPEG", quality=90)
+    return root
+
+
+def _original_r18_predicting(tmp_path, index, attention_keys=False):
+    """A 1000-class ResNet-18 in the original code's file format whose head always predicts `index`."""
+    import networks
+
+    model = networks.create_model("resnet18", num_classes=1000)
+    sd = model.state_dict()
+    sd["fc.weight"].zero_()
+    sd["fc.bias"].zero_()
+    sd["fc.bias"][index] = 10.0
+    if attention_keys:  # the SimAM code wrapped each block's conv2 with SimAM: conv2.0.weight
+        sd = {k.replace(".conv2.weight", ".conv2.0.weight"): v for k, v in sd.items()}
+    path = tmp_path / "r18.pth.tar"
+    torch.save({"epoch": 100, "arch": "resnet18", "state_dict": {f"module.{k}": v for k, v in sd.items()}, "best_acc1": 70.0}, path)
+    return path
+
+
+README_EVAL = "--gpu 0,1,2,3 -j 20 -a resnet18 -e --resume {ckpt}"
+
+
+@pytest.mark.slow
+def test_original_readme_evaluation_on_a_synset_subset_uses_imagenet_labels(tmp_path):
+    from engine.data import imagenet_synsets
+
+    synsets = list(imagenet_synsets())
+    chosen = [synsets[i] for i in (1, 100, 500, 999)]
+    root = _synset_folder(tmp_path / "in4", chosen, per_class=2)
+    ckpt = _original_r18_predicting(tmp_path, 500)
+    run_dir = tmp_path / "eval"
+    proc = check_ok(run_cli([str(root)] + README_EVAL.format(ckpt=ckpt).split() + [f"hydra.run.dir={run_dir}"], script="main_imagenet.py"))
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["num_samples"] == 8 and result["acc1"] == 25.0, (result, proc.stderr[-2000:])  # label 500 = the 3rd folder
+
+
+@pytest.mark.slow
+def test_original_readme_evaluation_on_the_full_1000_folder_layout(tmp_path):
+    from engine.data import imagenet_synsets
+
+    root = _synset_folder(tmp_path / "in1k", list(imagenet_synsets()), per_class=1)
+    ckpt = _original_r18_predicting(tmp_path, 7)
+    run_dir = tmp_path / "eval"
+    check_ok(run_cli([str(root)] + README_EVAL.format(ckpt=ckpt).split() + ["-b", "200", f"hydra.run.dir={run_dir}"],
+                     script="main_imagenet.py"))
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["num_samples"] == 1000 and result["acc1"] == pytest.approx(0.1)
+
+
+def test_original_readme_evaluation_of_simam_weights_without_its_flag_says_what_to_add(tmp_path):
+    from engine.data import imagenet_synsets
+
+    root = _synset_folder(tmp_path / "in4", list(imagenet_synsets())[:4], per_class=1)
+    ckpt = _original_r18_predicting(tmp_path, 0, attention_keys=True)
+    proc = run_cli([str(root)] + README_EVAL.format(ckpt=ckpt).split() + [f"hydra.run.dir={tmp_path / 'e'}"], script="main_imagenet.py")
+    assert_user_error(proc, "--attention_type simam")
