@@ -22,18 +22,11 @@ from .imagenet.alexnet import AlexNet
 from .imagenet.mobilenetv2 import MobileNetV2
 from .imagenet.resnet import BasicBlock, Bottleneck, ResNet
 from .layers import AttnLayer
+from .names import SIMAM_CIFAR_NAMES
 
 __all__ = ["SIMAM_CIFAR_NAMES", "ModelInfo", "create_model", "list_models", "model_info", "register_model"]
 
-# model names of the SimAM code's CIFAR script (`main_cifar.py --arch`), which are also the arch
-# column of the paper's CIFAR tables (shared/paper/*.csv) -> registry names
-SIMAM_CIFAR_NAMES: dict[str, str] = {
-    "resnet20": "cifar_resnet20", "resnet32": "cifar_resnet32", "resnet56": "cifar_resnet56", "resnet110": "cifar_resnet110",
-    "resnet164": "cifar_resnet164", "preresnet20": "cifar_preresnet20", "preresnet32": "cifar_preresnet32",
-    "preresnet56": "cifar_preresnet56", "preresnet110": "cifar_preresnet110", "preresnet164": "cifar_preresnet164",
-    "wideresnet28x10": "cifar_wrn28_10", "wideresnet40x10": "cifar_wrn40_10", "wideresnet16x8": "cifar_wrn16_8",
-    "mobilenetv2": "cifar_mobilenetv2",
-}
+# SIMAM_CIFAR_NAMES: the SimAM code's CIFAR `--arch` names -> registry names (torch-free, in names.py)
 
 
 @dataclass(frozen=True)

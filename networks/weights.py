@@ -134,10 +134,11 @@ def to_model_keys(sd: Mapping[str, torch.Tensor], model_keys: set[str]) -> tuple
     return out, renamed
 
 
-def _cause(missing: list[str], unexpected: list[str], shape_errors: list[str]) -> str:
+def _cause(missing: list[str], unexpected: list[str], shape_errors: list[str], classes: Optional[int] = None) -> str:
     """A guess at why a state dict does not fit."""
     if shape_errors and all(_HEAD_RE.match(k.split(" ")[0]) for k in shape_errors):
-        return "the classifier has another number of classes (set num_classes, or load with strict=False to skip the head)"
+        held = f" ({classes} in the checkpoint)" if classes else ""
+        return f"the classifier has another number of classes{held}: set num_classes to it, or load with strict=False to skip the head"
     # ours (`.attn.`) and the SimAM code's wrapped attention (`bn2.1.fc.0.weight`, MobileNetV2's appended module)
     attn = re.compile(r"(^|\.)attn\.|\.(conv\d|bn\d)\.1\.|^features\.\d+\.conv\.\d+\.(fc|ChannelGate|SpatialGate)\.")
     if (missing or unexpected) and all(attn.search(k) for k in missing + unexpected):
@@ -170,8 +171,9 @@ def load_weights(
     sd, renamed = to_model_keys(sd, set(target))
     if isinstance(obj, Mapping) and strict:
         _check_spec(model, obj.get("model_spec"))
+    info = inspect_checkpoint(obj)
     if strict:
-        check_attention(model, inspect_checkpoint(obj))
+        check_attention(model, info)
     shape_errors = [
         f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}"
         for k, v in sd.items()
@@ -187,7 +189,7 @@ def load_weights(
             parts.append("missing: " + _list(missing))
         if unexpected:
             parts.append("unexpected: " + _list(unexpected))
-        raise WeightsError(f"weights do not fit {type(model).__name__} ({'; '.join(parts)}): {_cause(missing, unexpected, shape_errors)}")
+        raise WeightsError(f"weights do not fit {type(model).__name__} ({'; '.join(parts)}): {_cause(missing, unexpected, shape_errors, info['num_classes'])}")
     bad = {k.split(" ")[0] for k in shape_errors}
     loadable = {k: v for k, v in sd.items() if k in target and k not in bad}
     model.load_state_dict(loadable, strict=False)

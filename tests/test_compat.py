@@ -284,6 +284,7 @@ def test_other_number_of_classes_is_refused(cifar10_checkpoint: tuple[Path, dict
         networks.load_weights(ours("cifar_resnet20", "simam", 1e-4, num_classes=100), path)
     message = one_line_error(excinfo)
     assert "number of classes" in message and "linear.weight" in message, message
+    assert "(10 in the checkpoint)" in message, message  # the head size read from the checkpoint
 
 
 def test_non_strict_loads_the_backbone_and_reports_the_head(cifar10_checkpoint: tuple[Path, dict], tmp_path: Path) -> None:
