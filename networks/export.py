@@ -17,7 +17,8 @@
 - "ours": `{"model": ..., "model_spec": ...}`, which `networks.load_weights` checks against the
   model it loads into.
 
-`backbone_only=True` leaves out the classifier (`fc`, `linear`, `classifier`); the mmdetection
+A model wrapped in DataParallel/DDP or torch.compile is unwrapped first (no `module.`/`_orig_mod.`
+in the keys). `backbone_only=True` leaves out the classifier (`fc`, `linear`, `classifier`); the mmdetection
 backbone ignores it anyway (it deletes its `fc` before loading). Tensors are always detached CPU
 copies, and the file is written atomically (temporary file in the same folder, then
 `os.replace`), so `torch.load(path, weights_only=True)` reads it on any machine.
@@ -40,7 +41,7 @@ from .imagenet.mobilenetv2 import InvertedResidual, MobileNetV2
 from .imagenet.resnet import BasicBlock, Bottleneck
 from .weights import WeightsError
 
-__all__ = ["WEIGHT_FORMATS", "TORCHVISION_ARCHS", "save_weights", "weights_state_dict"]
+__all__ = ["WEIGHT_FORMATS", "TORCHVISION_ARCHS", "save_weights", "unwrap", "weights_state_dict"]
 
 WEIGHT_FORMATS = ("original", "torchvision", "ours")
 # our architectures whose keys are torchvision's (attention="none")
@@ -59,6 +60,17 @@ _WRAPPED_LAYER: dict[type, dict[str, str]] = {
     CifarInvertedResidual: {"conv": "conv2", "out": "bn3"},
 }
 _HEADS = ("fc", "linear", "classifier")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside DataParallel/DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`)."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def _spec(model: nn.Module) -> dict[str, Any]:
@@ -120,6 +132,7 @@ def weights_state_dict(model: nn.Module, format: str = "original", backbone_only
     """The object `save_weights` writes: detached CPU tensors under the format's key names."""
     if format not in WEIGHT_FORMATS:
         raise WeightsError(f"unknown weights format {format!r}; valid: {', '.join(WEIGHT_FORMATS)}")
+    model = unwrap(model)
     spec = _spec(model)
     renames: list[tuple[str, str]] = []
     if format == "original":

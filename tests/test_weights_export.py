@@ -204,3 +204,12 @@ def test_bad_path_and_format(tmp_path: Path) -> None:
         networks.save_weights(model, tmp_path / "w.pth", format="mmdet")
     assert "original, torchvision, ours" in one_line(excinfo)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("wrap", ["compile", "dataparallel"])
+def test_wrapped_model_is_written_without_wrapper_prefixes(wrap: str, tmp_path: Path) -> None:
+    model = build("cifar_resnet20", "simam", 10)
+    wrapped = torch.compile(model) if wrap == "compile" else nn.DataParallel(model)  # compile: lazy, nothing compiled here
+    written = networks.save_weights(wrapped, tmp_path / "w.pth")
+    assert sorted(written["state_dict"]) == sorted(networks.save_weights(model, tmp_path / "plain.pth")["state_dict"])
+    assert "layer1.0.conv2.0.weight" in written["state_dict"]
