@@ -1,7 +1,7 @@
 """What a checkpoint holds, read from its keys and shapes alone: layout, attention type, classes.
 
 `inspect_checkpoint(obj)` takes a checkpoint object (ours, the SimAM code's, a bare state dict)
-and returns a dict:
+or a path to one (read with `torch.load(weights_only=True)` on the CPU) and returns a dict:
 
     container   "ours" ({"model", "model_spec", ...}), "original" (the SimAM code's own files:
                 {"state_dict"} plus at most "epoch", "arch", "best_acc", "optimizer"), "other"
@@ -27,6 +27,7 @@ ConvBNReLU (its BN moves to index 2) and appends SE/CBAM to `features.N.conv`.
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Mapping, Optional
 
@@ -150,6 +151,10 @@ def _num_classes(sd: Mapping[str, torch.Tensor]) -> Optional[int]:
 
 def inspect_checkpoint(checkpoint: Any) -> dict[str, Any]:
     """Layout, attention type, SE/CBAM reduction, classes and arch of a checkpoint (see the module doc)."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        from .weights import read_checkpoint  # late import: weights imports this module
+
+        checkpoint = read_checkpoint(checkpoint)
     container, raw, outer = _container(checkpoint)
     sd = _clean(raw)
     attention, layout, evidence = _attention_from_keys(sd)

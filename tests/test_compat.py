@@ -481,6 +481,8 @@ def test_original_checkpoint_into_wrong_attention_is_refused(ref_name: str, atte
 def test_readme_evaluation_command_case(tmp_path: Path) -> None:
     """The original README's `-e --resume` of a SimAM-R18 file, typed without --attention_type."""
     path = save(original_file("resnet18", "simam"), tmp_path / "simam_r18.pth.tar")
+    info = networks.inspect_checkpoint(path)  # a path works as well as the loaded object
+    assert (info["attention"], info["arch"], info["num_classes"]) == ("simam", "resnet18", 1000)
     with pytest.raises(WeightsError, match="SimAM-ResNet-18 weights .* add --attention_type simam --attention_param 0.1"):
         networks.load_weights(networks.create_model("resnet18", num_classes=1000, attention="none"), path)
     # and the right model loads it, with the same logits as the original network
