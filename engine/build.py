@@ -166,7 +166,7 @@ def _dataset_args(cfg: dict, gpu_decode: bool) -> dict:
     args = dict(name=d["name"], root=d.get("root"), augment=d["augment"], image_size=int(d["image_size"]),
                 num_classes=d.get("num_classes"), num_train=int(d.get("num_train", 512)), num_val=int(d.get("num_val", 128)),
                 download=bool(d.get("download", False)), seed=int(cfg["seed"]), bad_images=d.get("bad_images", "fail"),
-                normalize=False, deferred=gpu_decode)
+                normalize=False, deferred=gpu_decode, eval_only=bool(cfg.get("evaluate")))
     args.update(auto_augment=d.get("auto_augment"), reprob=float(d.get("reprob") or 0.0), crop_pct=d.get("crop_pct"),
                 interpolation=d.get("interpolation") or "bilinear", class_order=d.get("class_order"))
     return args

@@ -1,11 +1,13 @@
 """The command line: original SimAM flags, their translation, and one-line user errors."""
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from clihelpers import FAKE, ROOT, assert_user_error, check_ok, metrics, run_cli, write_jpeg_folder
 from engine.flags import translate_argv

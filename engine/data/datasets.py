@@ -118,6 +118,7 @@ class Request:
     seed: int
     bad_images: str
     class_order: str
+    eval_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,8 @@ def _build_cifar(req: Request, cls: type, label: str) -> tuple[Dataset, Dataset,
 
 def _build_image_folder(req: Request, default_order: str) -> tuple[Dataset, Dataset, int]:
     order = req.class_order if req.class_order is not None else default_order
-    return open_image_folders(req.root, class_order=order, num_classes=req.num_classes, bad_images=req.bad_images)
+    return open_image_folders(req.root, class_order=order, num_classes=req.num_classes, bad_images=req.bad_images,
+                              eval_only=req.eval_only)
 
 
 def _build_fake(req: Request) -> tuple[Dataset, Dataset, int]:
@@ -230,7 +232,8 @@ def build_datasets(
     reprob: float = 0.0,
     crop_pct: float | None = None,
     interpolation: str = "bilinear",
-) -> tuple[SeededDataset, SeededDataset, int]:
+    eval_only: bool = False,
+) -> tuple[SeededDataset | None, SeededDataset, int]:
     """(train, val, num_classes), both wrapped in SeededDataset with the `augment` recipe.
 
     Samples are (normalised float32 CHW tensor, int label), or with normalize=False (what the
@@ -241,14 +244,16 @@ def build_datasets(
     ("fail"/"skip") and class_order ("auto"/"imagenet"/"sorted", None: "auto" for imagenet,
     "sorted" for imagefolder; see engine.data.class_order) only apply to image folders.
     auto_augment, reprob, crop_pct, interpolation: see build_transforms. ValueError for unknown
-    names and options, DataError (a UserError) for data that do not fit.
+    names and options, DataError (a UserError) for data that do not fit. eval_only: an image
+    folder needs no train/ (the train set returned is then None).
     """
     _check_names(name, bad_images, deferred)
     options = dict(auto_augment=auto_augment, reprob=reprob, crop_pct=crop_pct, interpolation=interpolation)
     train_tf, val_tf = build_transforms(augment, image_size, normalize=normalize and not deferred, **options)
     request = Request(root=root, image_size=image_size, num_classes=num_classes, num_train=num_train, num_val=num_val,
-                      download=download, seed=seed, bad_images=bad_images, class_order=class_order)
+                      download=download, seed=seed, bad_images=bad_images, class_order=class_order, eval_only=eval_only)
     train, val, found_classes = DATASETS[name](request)
     recipe = Recipe(augment=augment, image_size=image_size, **options)
     wrap = DeferredDataset if deferred else SeededDataset
-    return (wrap(train, train_tf, seed=seed, recipe=recipe), wrap(val, val_tf, seed=seed, recipe=recipe), found_classes)
+    train_set = None if train is None else wrap(train, train_tf, seed=seed, recipe=recipe)
+    return train_set, wrap(val, val_tf, seed=seed, recipe=recipe), found_classes

@@ -189,9 +189,9 @@ class CheckedImageFolder(Dataset):
 
 
 def open_image_folders(root: str | None, *, class_order: str, num_classes: int | None,
-                       bad_images: str) -> tuple[CheckedImageFolder, CheckedImageFolder, int]:
+                       bad_images: str, eval_only: bool = False) -> tuple[CheckedImageFolder | None, CheckedImageFolder, int]:
     """(train, val, num_classes) of the layout ROOT/train/CLASS/* and ROOT/val/CLASS/*, labelled
-    by `class_order` (engine.data.class_order)."""
+    by `class_order` (engine.data.class_order). eval_only: train/ is not needed (None)."""
     from .class_order import class_mapping
 
     if root is None:
@@ -199,8 +199,9 @@ def open_image_folders(root: str | None, *, class_order: str, num_classes: int |
                         "with train/ and val/ subfolders")
     check_dir(root, "dataset root")
     train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
-    train_classes, val_classes = class_folders(train_dir), class_folders(val_dir)
+    val_classes = class_folders(val_dir)
+    train_classes = val_classes if eval_only else class_folders(train_dir)
     class_to_idx, found = class_mapping(train_classes, val_classes, order=class_order, num_classes=num_classes, where=root)
-    train = CheckedImageFolder(train_dir, class_to_idx=class_to_idx, bad_images=bad_images)
+    train = None if eval_only else CheckedImageFolder(train_dir, class_to_idx=class_to_idx, bad_images=bad_images)
     val = CheckedImageFolder(val_dir, class_to_idx=class_to_idx, bad_images=bad_images)
     return train, val, found
