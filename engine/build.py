@@ -288,6 +288,8 @@ def build_run(cfg: dict, info: DistInfo, plan: StartPlan) -> Run:
     run = Run(info=info, paths=RunPaths(Path(cfg["run_dir"])), config=cfg, plan=plan, opts=opts, model=model,
               train_model=model, val_loader=val_loader, train_loader=train_loader, checkpoint=ckpt)
     run.model_spec_classes = num_classes
+    if info.is_main:  # before SyncBN/DDP wrapping: profiling runs a forward pass on this rank alone
+        run.notes.append(_model_line(cfg, model))
     if ckpt is not None:
         load_into(run, plan.kind)
     model.to(info.device)
@@ -303,6 +305,13 @@ def build_run(cfg: dict, info: DistInfo, plan: StartPlan) -> Run:
     if plan.kind == "resume":
         (_restore_training if is_run_checkpoint(run.checkpoint) else _restore_original)(run)
     return run
+
+
+def _model_line(cfg: dict, model: nn.Module) -> str:
+    size = int(cfg["data"]["image_size"])
+    params, macs = networks.count_params_flops(model, (1, 3, size, size))
+    return (f"{cfg['model']['arch']} + {cfg['attention']['name']}: {params / 1e6:.4f} M params, {macs / 1e9:.3f} G MACs at "
+            f"{size}x{size} (thop, plus the attention modules' elementwise work)")
 
 
 def _checkpoint_classes(ckpt: Any, cfg: dict) -> int:

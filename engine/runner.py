@@ -119,22 +119,10 @@ def execute(plain: dict, job: str = "main", overrides: Optional[list] = None) ->
         cleanup()
 
 
-def _log_model(run: Run) -> None:
-    if not run.info.is_main:
-        return
-    import networks
-
-    size = int(run.config["data"]["image_size"])
-    params, macs = networks.count_params_flops(run.model, (1, 3, size, size))
-    get_logger().info(f"{run.config['model']['arch']} + {run.config['attention']['name']}: {params / 1e6:.4f} M params, "
-                      f"{macs / 1e9:.3f} G MACs at {size}x{size} (thop, plus the attention modules' elementwise work)")
-
-
 def _execute(plain: dict, info: Any, job: str, overrides: list, pending: _Pending) -> dict:
     from .fit import evaluate_checkpoint, write_weights
 
     run = build_run(plain, info, _plan(plain))
-    _log_model(run)
     for note in run.notes:
         get_logger().info(note)
     if run.plan.kind == "evaluate":
@@ -187,7 +175,9 @@ def _train(run: Run, job: str) -> dict:
     from .fit import fit, write_weights
 
     o, paths = run.opts, run.paths
-    logger = RunLogger(paths.root, enabled=run.info.is_main, progress=o.progress, progress_every_s=o.progress_every_s)
+    resume_at = (run.state.epoch, run.state.step) if run.plan.kind == "resume" else None
+    logger = RunLogger(paths.root, enabled=run.info.is_main, progress=o.progress, progress_every_s=o.progress_every_s,
+                       resume_at=resume_at)
     stop = StopFlag(run.info, every=o.log_every)
     stop.install()
     try:
