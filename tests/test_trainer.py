@@ -181,3 +181,17 @@ def test_each_trainer_option_trains_and_resumes_bit_exact(tmp_path, option):
     if a.get("scaler"):
         assert a["scaler"] == b["scaler"]
     assert [r["val_acc1"] for r in metrics(full)] == [r["val_acc1"] for r in metrics(part)]
+
+
+@pytest.mark.slow
+def test_torchvision_resnet50_recipe_trains_end_to_end(tmp_path):
+    """The modern recipe (auto-augment, random erasing, repeated augmentation, mixup/cutmix, label
+    smoothing, lr scaling, no decay on norm/bias, warmup + cosine, EMA selection), shrunk to 2 steps."""
+    run_dir = tmp_path / "tv"
+    proc = check_ok(run_cli(["experiment=torchvision_resnet50", "data=fake", "model.arch=resnet18", "data.image_size=64",
+                             "input_size=64", "data.batch_size=16", "data.eval_batch_size=16", "data.num_train=64",
+                             "data.num_val=16", "data.workers=0", "trainer.epochs=1", "trainer.max_steps_per_epoch=2",
+                             f"hydra.run.dir={run_dir}"], script="main_imagenet.py"))
+    assert "scaled (linear) by global batch 16 / 1024" in proc.stderr
+    (row,) = metrics(run_dir)
+    assert row["best_metric"] == "ema_val_acc1" and "ema_val_acc1" in row
