@@ -336,6 +336,9 @@ def _resolve_attention_param(st: _State, hydra_args: list[str], defaults: dict) 
         if not defaults or "attention" not in st.set or attention not in keys or _given(keys[attention], st, hydra_args):
             return
         value = "4"
+        if attention == "simam":  # faithful, but rarely what a user means: say so loudly
+            print("warning: --attention_type simam without --attention_param: the original's default 4 gives SimAM "
+                  "lambda 4 (the paper used 1e-4 on CIFAR, 0.1 on ImageNet); pass --attention_param to choose", file=sys.stderr)
     if attention not in keys:
         raise UserError(f"--attention_param has no meaning for attention type {attention!r}; it sets lambda for simam, "
                         f"the reduction for se/cbam")
