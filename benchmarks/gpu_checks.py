@@ -7,6 +7,8 @@ Each check returns {"ok": True/False/None, ...details}; None means informational
 or an upstream behaviour, not a verdict on our code). A check that raises is recorded with its
 error and the others still run; the exit code is 1 when any check failed or raised.
 Written without a GPU to try it on: each check is short, defensive, and reports what it saw.
+`--device cpu` runs the checks that do not need CUDA streams on the CPU: a dry test of the checks'
+own code (their CUDA semantics are only tested on a GPU).
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 Result = dict[str, Any]
-DEVICE = torch.device("cuda")
+DEVICE = torch.device("cuda")  # --device changes it (cpu: dry test of the checks' code)
+NEEDS_CUDA = ("cuda_rng", "nvjpeg_race")  # skipped by --device cpu
 
 
 # ----------------------------------------------------------------------------- Triton SimAM
@@ -94,22 +97,26 @@ def _count_syncs(steps: int) -> int:
     torch.manual_seed(0)
     model = networks.create_model("cifar_resnet20", num_classes=10, attention="simam").to(DEVICE, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    batches = [(torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8).pin_memory(), torch.randint(0, 10, (64,)).pin_memory())
+    pin = (lambda t: t.pin_memory()) if DEVICE.type == "cuda" else (lambda t: t)
+    batches = [(pin(torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)), pin(torch.randint(0, 10, (64,))))
                for _ in range(steps)]
     kw = dict(device=DEVICE, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), channels_last=True)
     criterion = torch.nn.CrossEntropyLoss()
     train_one_epoch(model, DevicePrefetcher(batches, **kw), optimizer, criterion, device=DEVICE,
                     amp_dtype=torch.bfloat16, channels_last=True, log_every=0)  # warm-up: cuDNN, kernels, allocations
-    torch.cuda.synchronize()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
+        if DEVICE.type == "cuda":
+            torch.cuda.set_sync_debug_mode("warn")
         try:
             train_one_epoch(model, DevicePrefetcher(batches, **kw), optimizer, criterion, device=DEVICE,
                             amp_dtype=torch.bfloat16, channels_last=True, log_every=0)
             evaluate(model, DevicePrefetcher(batches, **kw), criterion, device=DEVICE, amp_dtype=torch.bfloat16, channels_last=True)
         finally:
-            torch.cuda.set_sync_debug_mode(0)
+            if DEVICE.type == "cuda":
+                torch.cuda.set_sync_debug_mode(0)
     return sum("synchroniz" in str(w.message).lower() for w in seen)
 
 
@@ -139,14 +146,16 @@ def _jpeg_batch(count: int) -> list[torch.Tensor]:
     return out
 
 
-def _hazard(stream: torch.cuda.Stream, nbytes: int) -> None:
-    """On `stream`: a long sleep, then a kernel that writes a buffer freed right away: its memory
-    returns to the stream's pool while the write is still queued (the pattern of pytorch/vision#9606)."""
+def _hazard(stream: torch.cuda.Stream, nbytes: list[int]) -> None:
+    """On `stream`: a long sleep, then kernels that write buffers (of the decoded images' sizes, so
+    that the allocator hands their blocks to the decoder's outputs) freed right away: their memory
+    returns to the stream's pool while the writes are still queued (the pattern of pytorch/vision#9606)."""
     with torch.cuda.stream(stream):
-        buf = torch.empty(nbytes, dtype=torch.uint8, device=DEVICE)
-        torch.cuda._sleep(50_000_000)  # ~25 ms of GPU time ahead of the write
-        buf.fill_(7)
-        del buf
+        bufs = [torch.empty(n, dtype=torch.uint8, device=DEVICE) for n in nbytes]
+        torch.cuda._sleep(50_000_000)  # ~25 ms of GPU time ahead of the writes
+        for buf in bufs:
+            buf.fill_(7)
+        del bufs, buf
 
 
 def check_nvjpeg_race() -> Result:
@@ -162,7 +171,7 @@ def check_nvjpeg_race() -> Result:
     reference = torch.stack(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=DEVICE))
     torch.cuda.synchronize()
     side = torch.cuda.Stream(device=DEVICE)
-    nbytes = reference.numel()
+    nbytes = [image.numel() for image in reference]
     raw_bad = ours_bad = 0
     decoder = DeviceDecoder(lambda image: image, DEVICE)
     seeds = torch.zeros(len(encoded), dtype=torch.int64)
@@ -195,7 +204,7 @@ def check_deterministic_resume() -> Result:
     """trainer.deterministic=true on the GPU: 2 epochs straight = 1 epoch, stop, auto-resume, 1 more,
     bit for bit (model weights of last.pth); SimAM on its automatic choice, bf16 autocast."""
     job = ["data=fake", "data.num_train=512", "data.num_val=128", "data.batch_size=64", "model.arch=cifar_resnet20",
-           "attention=simam", "trainer.accelerator=cuda", "trainer.deterministic=true", "trainer.amp=bf16",
+           "attention=simam", f"trainer.accelerator={DEVICE.type}", "trainer.deterministic=true", "trainer.amp=bf16",
            "trainer.channels_last=true", "trainer.epochs=2", "trainer.progress=none"]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -218,7 +227,9 @@ CHECKS: dict[str, Callable[[], Result]] = {
 }
 
 
-def run_checks(names: list[str]) -> dict[str, Result]:
+def run_checks(names: list[str], write: Callable[[dict[str, Result]], None] = lambda results: None) -> dict[str, Result]:
+    """Every check's result; `write` gets the results so far after each check (a time limit that
+    stops the run keeps what was done)."""
     results: dict[str, Result] = {}
     for name in names:
         t0 = time.perf_counter()
@@ -230,6 +241,7 @@ def run_checks(names: list[str]) -> dict[str, Result]:
         results[name]["seconds"] = round(time.perf_counter() - t0, 1)
         print(f"gpu_checks: {name}: {'ok' if results[name]['ok'] else 'FAILED' if results[name]['ok'] is False else 'info'} "
               f"({results[name]['seconds']} s)", file=sys.stderr, flush=True)
+        write(results)
     return results
 
 
@@ -238,6 +250,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--only", default="", help=f"comma-separated checks; valid: {', '.join(CHECKS)}")
     p.add_argument("--list", action="store_true", help="print the checks and exit (no GPU needed)")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                   help=f"cpu: dry test of the checks' code, without {', '.join(NEEDS_CUDA)}")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(CHECKS)
     unknown = [n for n in names if n not in CHECKS]
@@ -248,16 +262,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         for n in names:
             print(f"{n}: {' '.join((CHECKS[n].__doc__ or '').split())}")
         return 0
-    if not torch.cuda.is_available():
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
         print("gpu_checks.py: error: CUDA is not available here", file=sys.stderr)
         return 2
-    results = run_checks(names)
-    payload = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0), "checks": results}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    else:
-        print(json.dumps(payload, indent=1, default=str))
+    if DEVICE.type == "cpu":
+        names = [n for n in names if n not in NEEDS_CUDA]
+    device = torch.cuda.get_device_name(0) if DEVICE.type == "cuda" else "cpu (dry test)"
+
+    def write(results: dict[str, Result]) -> None:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            payload = {"torch": torch.__version__, "device": device, "checks": results,
+                       "not_run": [n for n in names if n not in results]}
+            args.json.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    results = run_checks(names, write)
+    if not args.json:
+        print(json.dumps({"torch": torch.__version__, "device": device, "checks": results}, indent=1, default=str))
     return 0 if all(r["ok"] is not False for r in results.values()) else 1
 
 
