@@ -173,6 +173,31 @@ def _check_options(accum_steps: int, clip_grad: Optional[float], clip_mode: str)
         raise ValueError(f"clip_grad must be > 0 (or None: off), got {clip_grad}")
 
 
+class _Forward:
+    """One batch: to the device, mixup, forward under autocast, loss, backward into the window."""
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, device: torch.device, amp_dtype: Optional[torch.dtype],
+                 channels_last: bool, mixup_fn: Optional[Callable], skip_nonfinite: bool) -> None:
+        self.model, self.criterion, self.device, self.amp_dtype = model, criterion, device, amp_dtype
+        self.channels_last, self.mixup_fn, self.skip_nonfinite = channels_last, mixup_fn, skip_nonfinite
+
+    def __call__(self, batch: Any, window: "_Window", meters: "_Meters", ends_window: bool) -> torch.Tensor:
+        images, targets = _to_device(batch[0], batch[1], self.device, self.channels_last)
+        hard_targets = targets
+        if self.mixup_fn is not None:
+            images, targets = self.mixup_fn(images, targets)
+        with window.sync_context(ends_window):
+            with autocast(self.device, self.amp_dtype):
+                output = self.model(images)
+                loss = self.criterion(output, targets)
+            finite = torch.isfinite(loss.detach())
+            ok = bool(all_reduce_min(finite.float())) if self.skip_nonfinite else True
+            window.backward(loss, ok)
+        if ok:
+            meters.add(loss, output, hard_targets, finite, track=not self.skip_nonfinite)
+        return loss
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -216,25 +241,14 @@ def train_one_epoch(
     _check_options(accum_steps, clip_grad, clip_mode)
     model.train()
     meters, window = _Meters(device), _Window(model, optimizer, scaler, int(accum_steps), clip_grad, clip_mode)
+    fwd = _Forward(model, criterion, device, amp_dtype, channels_last, mixup_fn, skip_nonfinite)
     world, first_step = world_size(), global_step
     steps = updates = skipped = 0
     interrupted = False
     t0 = time.perf_counter()
-    for (images, targets), last in _batches(loader, int(accum_steps), max_steps):
-        images, targets = _to_device(images, targets, device, channels_last)
-        hard_targets = targets
-        if mixup_fn is not None:
-            images, targets = mixup_fn(images, targets)
+    for batch, last in _batches(loader, int(accum_steps), max_steps):
         ends_window = last or window.batches + 1 == accum_steps
-        with window.sync_context(ends_window):
-            with autocast(device, amp_dtype):
-                output = model(images)
-                loss = criterion(output, targets)
-            finite = torch.isfinite(loss.detach())
-            ok = bool(all_reduce_min(finite.float())) if skip_nonfinite else True
-            window.backward(loss, ok)
-        if ok:
-            meters.add(loss, output, hard_targets, finite, track=not skip_nonfinite)
+        loss = fwd(batch, window, meters, ends_window)
         steps += 1
         if ends_window:
             if window.update():
@@ -246,14 +260,14 @@ def train_one_epoch(
             global_step += 1
             if scheduler is not None:
                 scheduler.step_update(num_updates=global_step)
+        info = {"step": first_batch + steps, "global_step": global_step, "images": meters.images * world}
         if on_step is not None:
-            on_step({"step": first_batch + steps, "global_step": global_step, "images": meters.images * world})
+            on_step(info)
         if log_every > 0 and steps % log_every == 0:
             meters.raise_if_bad(first_step, accum_steps, optimizer)
             if on_log is not None:
-                on_log({"step": first_batch + steps, "global_step": global_step, "loss": loss.item(),
-                        "lr": optimizer.param_groups[0]["lr"], "images": meters.images * world,
-                        "images_per_s": meters.images * world / max(time.perf_counter() - t0, 1e-9)})
+                on_log({**info, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"],
+                        "images_per_s": info["images"] / max(time.perf_counter() - t0, 1e-9)})
         if ends_window and should_stop is not None and should_stop():
             interrupted = True
             break
