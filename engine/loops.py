@@ -5,7 +5,7 @@ Per-step work stays on the device: losses and correct counts accumulate as tenso
 from a Python number per step or per evaluated batch (on CUDA that is a blocking copy). Counts
 are summed over ranks, so metrics are those of the whole (global) batch / dataset.
 
-The runner's loaders (engine.prefetch.DevicePrefetcher) already yield normalised float32 batches
+The trainer's loaders (engine.data.DevicePrefetcher) already yield normalised float32 batches
 on the device, channels-last when asked, the next one copied while this step computes; the
 `.to(device)` / `.contiguous(channels_last)` below are then no-ops, kept for plain loaders.
 
@@ -15,6 +15,16 @@ per update. The schedule, `global_step`, the EMA and `should_stop` count updates
 only between updates, so a resumed epoch continues at a window boundary). The last window of an
 epoch (or of `max_steps`) may be partial, k < N batches: its update uses the mean over those k
 batches (gradients x N/k), as timm's train.py does; no batch is carried into the next epoch.
+
+Options of train_one_epoch: after every update the scheduler gets `step_update(num_updates=global_step)`; `global_step`
+counts updates (dropped ones too, so the schedule stays where the data are). `skip_nonfinite`:
+a window whose loss is not finite on any rank is dropped on every rank (the decision is an
+all-reduce MIN, a host sync per batch in this mode only); otherwise a non-finite loss raises
+NonFiniteLossError at the next logging step. `clip_grad` clips the gradient norm (`clip_mode=
+"norm"`) or each value ("value"), after unscaling under a GradScaler. `on_step(info)` after
+every batch (no host sync: step, global_step, images), `on_log(info)` every `log_every`
+batches (also loss, lr, images_per_s); images are this rank's count x world size.
+`first_batch` only numbers the progress reports (an epoch resumed in its middle).
 """
 from __future__ import annotations
 
@@ -208,36 +218,21 @@ def train_one_epoch(
     scheduler: Any = None,
     global_step: int = 0,
     scaler: Optional[torch.amp.GradScaler] = None,
-    amp_dtype: Optional[torch.dtype] = None,
-    channels_last: bool = False,
+    amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
     mixup_fn: Optional[Callable] = None,
     ema_update: Optional[Callable[[int], None]] = None,
-    log_every: int = 50,
-    on_log: Optional[Callable[[dict], None]] = None,
+    log_every: int = 50, on_log: Optional[Callable[[dict], None]] = None,
     skip_nonfinite: bool = False,
     max_steps: Optional[int] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     first_batch: int = 0,
-    accum_steps: int = 1,
-    clip_grad: Optional[float] = None,
-    clip_mode: str = "norm",
+    accum_steps: int = 1, clip_grad: Optional[float] = None, clip_mode: str = "norm",
     on_step: Optional[Callable[[dict], None]] = None,
 ) -> dict[str, Any]:
-    """One pass over `loader` (at most `max_steps` batches); an update every `accum_steps` batches.
-
-    After every update the scheduler gets `step_update(num_updates=global_step)`; `global_step`
-    counts updates (dropped ones too, so the schedule stays where the data are). `skip_nonfinite`:
-    a window whose loss is not finite on any rank is dropped on every rank (the decision is an
-    all-reduce MIN, a host sync per batch in this mode only); otherwise a non-finite loss raises
-    NonFiniteLossError at the next logging step. `clip_grad` clips the gradient norm (`clip_mode=
-    "norm"`) or each value ("value"), after unscaling under a GradScaler. `on_step(info)` after
-    every batch (no host sync: step, global_step, images), `on_log(info)` every `log_every`
-    batches (also loss, lr, images_per_s); images are this rank's count x world size.
-    `first_batch` only numbers the progress reports (an epoch resumed in its middle).
-    Returns loss/acc1 (percent) over all ranks' samples, images, steps (batches), updates,
-    throughput (images/s over all ranks), the new global_step, skipped (dropped updates), and
-    `interrupted` when `should_stop()` (asked after each update) ended the epoch early.
-    """
+    """One pass over `loader` (at most `max_steps` batches), an update every `accum_steps` batches;
+    see the module docstring for the options. Returns loss/acc1 (percent) over all ranks' samples,
+    images, steps (batches), updates, throughput (images/s over all ranks), the new global_step,
+    skipped (dropped updates), and `interrupted` when `should_stop()` ended the epoch early."""
     _check_options(accum_steps, clip_grad, clip_mode)
     model.train()
     meters, window = _Meters(device), _Window(model, optimizer, scaler, int(accum_steps), clip_grad, clip_mode)
