@@ -655,7 +655,7 @@ def bench_devices(b: Bench) -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(1 if b.quick else 2):
             for name, cmd in launchers.items():
-                run_dir = Path(tmp) / f"{name.split()[0].replace('.', '_')}{i}"
+                run_dir = Path(tmp) / f"launcher{list(launchers).index(name)}_{i}"
                 wall[name].append(run_timed(cmd + [f"hydra.run.dir={run_dir}"], **kw)[0])
                 epoch[name] += _epoch_times(run_dir)[1:]  # the first epoch holds one-off costs
     rows: list[Row] = []
