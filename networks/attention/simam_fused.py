@@ -113,7 +113,11 @@ def set_expected_calls(calls: Optional[int]) -> None:
     """Tell "auto" how many forward passes of the model this process expects (training steps plus
     evaluation batches, e.g. 0 training steps + 40 batches for an evaluation-only run); below
     AUTO_COMPILE_MIN_CALLS "auto" runs the eager Function instead of compiling. None: unknown
-    (the default: "auto" compiles for large inputs)."""
+    (the default: "auto" compiles for large inputs).
+
+    The compiled and eager kernels may differ in the last bit: for a bit-exact resume, give a count
+    that a straight run and a resumed one share (the whole run's planned steps and evaluation
+    batches, not what is left), so both processes make the same choice."""
     global _EXPECTED_CALLS
     if calls is not None and (isinstance(calls, bool) or int(calls) != calls or calls < 0):
         raise ValueError(f"set_expected_calls: expected a count >= 0 or None, got {calls!r}")
