@@ -129,7 +129,9 @@ def test_export_backbone_after_training_and_save_weights_of_a_checkpoint(tmp_pat
     out = tmp_path / "backbone.pth"
     check_ok(run_cli(FAKE + ["trainer.epochs=1", "trainer.max_steps_per_epoch=1", f"export_backbone={out}", "weights_format=ours",
                              f"hydra.run.dir={tmp_path / 'r'}"]))
-    sd = torch.load(out, weights_only=True)
+    saved = torch.load(out, weights_only=True)
+    sd = saved["model"]
+    assert saved["backbone_only"] and saved["model_spec"]["arch"] == "cifar_resnet20"
     assert "conv1.weight" in sd and "layer3.2.bn2.weight" in sd and not any(k.startswith("linear") for k in sd)
     # the original --save_weights: read the checkpoint, write it in the original layout, exit without training
     converted = tmp_path / "simam_r20.pth"
@@ -195,3 +197,33 @@ def test_torchvision_resnet50_recipe_trains_end_to_end(tmp_path):
     assert "scaled (linear) by global batch 16 / 1024" in proc.stderr
     (row,) = metrics(run_dir)
     assert row["best_metric"] == "ema_val_acc1" and "ema_val_acc1" in row
+
+
+def test_each_rank_draws_its_own_dropout_masks():
+    from engine.build import seed_process
+
+    masks = []
+    for rank in (0, 1):
+        seed_process(0, rank)
+        masks.append(torch.nn.functional.dropout(torch.ones(1000), 0.3))
+    assert not torch.equal(masks[0], masks[1])
+    seed_process(0, 1)
+    assert torch.equal(torch.nn.functional.dropout(torch.ones(1000), 0.3), masks[1])
+
+
+@pytest.mark.slow
+def test_two_ranks_with_dropout_resume_bit_exact_with_each_ranks_rng(tmp_path):
+    """WRN-16-8 has dropout 0.3: a rank resumed with another rank's RNG state would draw other
+    masks and end with other weights."""
+    args = FAKE + ["model.arch=cifar_wrn16_8", "data.num_train=64", "data.num_val=20", "trainer.epochs=2", "trainer.devices=2"]
+    env = {"OMP_NUM_THREADS": "1"}
+    full, part = tmp_path / "full", tmp_path / "part"
+    check_ok(run_cli(args + [f"hydra.run.dir={full}"], env=env))
+    check_ok(run_cli(args + ["trainer.stop_after_epochs=1", f"hydra.run.dir={part}"], env=env))
+    ckpt = torch.load(part / "checkpoints" / "last.pth", weights_only=True)
+    assert len(ckpt["rng_ranks"]) == 2 and not torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng_ranks"][1]["torch"])
+    check_ok(run_cli(args + [f"resume={part / 'checkpoints' / 'last.pth'}"], env=env))
+    a, b = model_state(full / "checkpoints" / "last.pth"), model_state(part / "checkpoints" / "last.pth")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert "epoch 1 " in (full / "main_cifar.log").read_text()  # rank 0's log file under trainer.devices
