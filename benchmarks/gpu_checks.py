@@ -37,12 +37,16 @@ NEEDS_CUDA = ("cuda_rng", "nvjpeg_race")  # skipped by --device cpu
 # ----------------------------------------------------------------------------- Triton SimAM
 def check_triton_simam() -> Result:
     """The compiled SimAM (Inductor's Triton kernels) against the plain formula in fp32/fp16/bf16,
-    contiguous and channels_last, output and input gradient; layout kept; nothing fell back."""
+    contiguous and channels_last, output and input gradient; layout kept; nothing fell back; no
+    kernel compiled during a backward pass (autograd's device thread)."""
     from networks.attention import simam_fused
     from networks.attention.simam import simam, simam_reference
 
+    from torch._dynamo.utils import counters
+
     rtol = {torch.float32: 1e-4, torch.float16: 2.0**-9, torch.bfloat16: 2.0**-6}
     cases: list[dict] = []
+    compiled_in_backward = 0  # dynamo graphs compiled during a backward pass (the forward warms them)
     for dtype in rtol:
         for channels_last in (False, True):
             for shape in ((8, 64, 28, 28), (4, 32, 7, 7), (2, 8, 1, 1)):
@@ -55,7 +59,9 @@ def check_triton_simam() -> Result:
                 for impl in ("compiled", "reference"):
                     xi = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
                     y = simam(xi, 1e-4, impl) if impl == "compiled" else simam_reference(xi, 1e-4)
-                    y.backward(g)
+                    graphs = counters["stats"].get("unique_graphs", 0)
+                    y.backward(g)  # on CUDA in autograd's device thread: must not compile there
+                    compiled_in_backward += counters["stats"].get("unique_graphs", 0) - graphs
                     out[impl] = (y.detach().float(), xi.grad.float(), y.is_contiguous(memory_format=torch.channels_last))
                 (y, dx, y_cl), (y_ref, dx_ref, _) = out["compiled"], out["reference"]
                 err_y = ((y - y_ref).abs().max() / y_ref.abs().max().clamp_min(1e-12)).item()
@@ -64,7 +70,8 @@ def check_triton_simam() -> Result:
                 cases.append({"dtype": str(dtype), "channels_last": channels_last, "shape": list(shape), "ok": bool(ok),
                               "rel_err_y": err_y, "rel_err_dx": err_dx})
     failed = simam_fused.compile_failure()
-    return {"ok": failed is None and all(c["ok"] for c in cases), "compile_failure": failed,
+    return {"ok": failed is None and compiled_in_backward == 0 and all(c["ok"] for c in cases), "compile_failure": failed,
+            "graphs_compiled_during_backward": compiled_in_backward,
             "auto_on_8x64x28x28": simam_fused.resolve_impl("auto", torch.empty(8, 64, 28, 28, device=DEVICE)), "cases": cases}
 
 

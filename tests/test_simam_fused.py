@@ -304,8 +304,28 @@ def test_forward_compiles_the_backward_kernel_on_the_calling_thread(monkeypatch)
         simam(torch.randn(3, 4, 5, 5), 1e-4, "compiled")
     assert calls == [("_forward_kernel", True)]
     calls.clear()
-    simam(torch.randn(2, 4, 6, 6).to(memory_format=torch.channels_last).requires_grad_(), 1e-4, "compiled")
+    x_cl = torch.randn(2, 4, 6, 6).to(memory_format=torch.channels_last).requires_grad_()
+    simam(x_cl, 1e-4, "compiled")
     assert [c[0] for c in calls] == ["_forward_kernel", "_backward_kernel"]  # a new layout: warmed again
+
+
+@pytest.mark.usefixtures("fresh_compile_state")
+def test_backward_kernel_gets_the_gradient_in_the_input_layout(monkeypatch):
+    """A contiguous incoming gradient for a channels_last input reaches the backward kernel in
+    channels_last: the kernel the forward compiled ahead, not a new one inside backward."""
+    layouts: list = []
+
+    def fake_compile(fn, **kwargs):
+        def call(*args):
+            if fn.__name__ == "_backward_kernel":
+                layouts.append(args[1].is_contiguous(memory_format=torch.channels_last) and not args[1].is_contiguous())
+            return fn(*args)
+        return call
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    x = torch.randn(2, 4, 6, 6).to(memory_format=torch.channels_last).requires_grad_()
+    simam(x, 1e-4, "compiled").backward(torch.randn(2, 4, 6, 6))  # a contiguous gradient
+    assert layouts == [True, True]  # the warm-up in the forward, then the backward pass
 
 
 @pytest.mark.usefixtures("fresh_compile_state")

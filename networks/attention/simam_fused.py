@@ -350,10 +350,20 @@ def _run_compiled(name: str, fn: Callable, eager: Callable, *args):
     return eager(*args)
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _like_input(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The incoming gradient in the input's layout (a copy only when they differ): one compiled
+    backward kernel per input layout, the one the forward compiled ahead."""
+    return grad.contiguous(memory_format=_memory_format(x))
+
+
 def _warm_key(x: torch.Tensor) -> tuple:
     """What a compiled kernel of dynamic shape is specialised on: device, dtype, layout, size-1 dims."""
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return (x.device.type, x.device.index, x.dtype, channels_last, tuple(s == 1 for s in x.shape))
+    return (x.device.type, x.device.index, x.dtype, _memory_format(x), tuple(s == 1 for s in x.shape))
 
 
 def _warm_backward(x: torch.Tensor, y: torch.Tensor, mu: torch.Tensor, k: torch.Tensor) -> None:
@@ -364,7 +374,7 @@ def _warm_backward(x: torch.Tensor, y: torch.Tensor, mu: torch.Tensor, k: torch.
     if key in _warmed or _compile_failed is not None:
         return
     with torch.no_grad():
-        _run_compiled("backward", _backward_kernel, _backward_eager, x, torch.zeros_like(y), mu, k)
+        _run_compiled("backward", _backward_kernel, _backward_eager, x, _like_input(torch.zeros_like(y), x), mu, k)
     with _lock:
         _warmed.add(key)
 
@@ -405,7 +415,7 @@ class SimAMFunction(torch.autograd.Function):
             dx = _backward_kernel(x, grad, mu, k)
         elif ctx.compiled:
             with _autocast_off(x.device.type):  # the state the kernel was compiled under
-                dx = _run_compiled("backward", _backward_kernel, _backward_eager, x, grad, mu, k)
+                dx = _run_compiled("backward", _backward_kernel, _backward_eager, x, _like_input(grad, x), mu, k)
         else:
             dx = _backward_eager(x, grad, mu, k)
         return dx, None, None
