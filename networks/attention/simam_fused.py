@@ -69,8 +69,9 @@ __all__ = [
 IMPLS = ("auto", "reference", "function", "compiled")
 AUTO_COMPILE_MIN_NUMEL = 2**17  # e.g. 32x16x16x16: "auto" compiles from this input size on
 # "auto" compiles only in processes that expect at least this many forward passes (when told):
-# compiling costs ~3 s (warm cache) to ~30 s (cold) on a 2-core CPU and saves ~5-15 ms per
-# SimAM layer and step at ResNet-50's sizes there, i.e. it repays itself after some hundreds
+# compiling costs ~3 s (warm cache) to ~30 s (cold) on the 2-core CPU; at batch 16 it saves 5-46 ms
+# per SimAM layer and fwd+bwd at ResNet-50's shapes, less at CIFAR's 32x32 maps and in
+# evaluation (forward only): some tens to hundreds of steps repay it (benchmarks/README.md)
 AUTO_COMPILE_MIN_CALLS = 200
 ENV_VAR = "SIMAM_IMPL"
 _log = logging.getLogger(__name__)
