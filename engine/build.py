@@ -107,6 +107,10 @@ def setup_backends(t: dict, device: torch.device, evaluate: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=False)
+        import torch._inductor.config as inductor_config
+
+        if hasattr(inductor_config, "deterministic"):  # no kernel chosen by timing in a resumed process
+            inductor_config.deterministic = True
 
 
 def _attention_kwargs(att: dict) -> dict:
@@ -295,16 +299,29 @@ def build_run(cfg: dict, info: DistInfo, plan: StartPlan) -> Run:
     model.to(info.device)
     if opts.channels_last:
         model.to(memory_format=torch.channels_last)
-    if train_loader is None or opts.save_weights:
+    if train_loader is None or plan.kind == "weights":
+        _expect_simam_calls(run, plan.kind)
         return run
     run.steps_per_epoch = len(train_loader)
     if opts.max_steps_per_epoch:
         run.steps_per_epoch = min(run.steps_per_epoch, int(opts.max_steps_per_epoch))
+    _expect_simam_calls(run, plan.kind)
     _wrap(run, cfg)
     _training(run, cfg)
     if plan.kind == "resume":
         (_restore_training if is_run_checkpoint(run.checkpoint) else _restore_original)(run)
     return run
+
+
+def _expect_simam_calls(run: Run, kind: str) -> None:
+    """Tell SimAM's automatic kernel choice how many forward passes the whole run makes (training
+    steps and eval batches of every epoch, the same number for a straight and a resumed run, so
+    both choose the same kernels): short runs and evaluations skip compiling."""
+    from networks.attention.simam_fused import set_expected_calls
+
+    evals = len(run.val_loader) if run.val_loader is not None else 0
+    calls = evals if kind in ("evaluate", "weights") else run.opts.epochs * (run.steps_per_epoch + evals)
+    set_expected_calls(max(int(calls), 1))
 
 
 def _model_line(cfg: dict, model: nn.Module) -> str:

@@ -192,7 +192,7 @@ def test_torchvision_resnet50_recipe_trains_end_to_end(tmp_path):
     run_dir = tmp_path / "tv"
     proc = check_ok(run_cli(["experiment=torchvision_resnet50", "data=fake", "model.arch=resnet18", "data.image_size=64",
                              "input_size=64", "data.batch_size=16", "data.eval_batch_size=16", "data.num_train=64",
-                             "data.num_val=16", "data.workers=0", "trainer.epochs=1", "trainer.max_steps_per_epoch=2",
+                             "data.num_val=16", "data.workers=0", "trainer.epochs=1", "trainer.max_steps_per_epoch=2", "sched.warmup_epochs=0.5", "data.augment=imagenet",
                              f"hydra.run.dir={run_dir}"], script="main_imagenet.py"))
     assert "scaled (linear) by global batch 16 / 1024" in proc.stderr
     (row,) = metrics(run_dir)
