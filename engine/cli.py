@@ -99,25 +99,45 @@ def _entry_defaults(entry: str, overrides: list[str]) -> list[str]:
     return extra
 
 
-def _checkpoint_extras(overrides: list[str]) -> list[str]:
-    """Run dir of a resumed/evaluated checkpoint, and an evaluation's identity from the checkpoint."""
+def _true(overrides: list[str], key: str) -> bool:
+    return (override_value(overrides, key) or "").lower() in ("true", "1", "yes")
+
+
+def _resumed_checkpoint(overrides: list[str]) -> Optional[str]:
+    """resume=, or trainer.auto_resume=true with an explicit hydra.run.dir holding last.pth."""
     resume = override_value(overrides, "resume")
+    if resume:
+        return resume
+    run_dir = override_value(overrides, "hydra.run.dir")
+    if _true(overrides, "trainer.auto_resume") and run_dir and (Path(run_dir) / "checkpoints" / "last.pth").is_file():
+        return str(Path(run_dir) / "checkpoints" / "last.pth")
+    return None
+
+
+def _checkpoint_extras(overrides: list[str]) -> tuple[list[str], Optional[dict]]:
+    """Run dir of a resumed/evaluated checkpoint, an evaluation's identity from the checkpoint, and
+    (for a resume) the checkpoint's meta, whose config the command starts from."""
+    resume = _resumed_checkpoint(overrides)
     extra: list[str] = []
     if not resume:
-        return extra
+        return extra, None
     if override_value(overrides, "hydra.run.dir") is None:
         run_dir = _run_dir_of_checkpoint(resume)
         if run_dir is not None:  # continue (or evaluate) in the checkpoint's own run directory
             extra.append(f"hydra.run.dir={_quote(str(run_dir))}")
-    evaluating = (override_value(overrides, "evaluate") or "").lower() in ("true", "1", "yes")
-    if evaluating and Path(resume).expanduser().is_file():
-        from .contract import evaluation_overrides, read_meta
+    if not Path(resume).expanduser().is_file():
+        return extra, None
+    from .contract import evaluation_overrides, read_meta, resume_group_overrides
 
-        meta = read_meta(resume, trust=(override_value(overrides, "trust_checkpoint") or "").lower() == "true")
-        if meta and meta.get("config"):
-            classes = (meta.get("model_spec") or {}).get("num_classes")
-            extra += evaluation_overrides(meta["config"], overrides, override_value(overrides, "data") is not None, classes)
-    return extra
+    meta = read_meta(resume, trust=_true(overrides, "trust_checkpoint"))
+    if not meta or not meta.get("config"):
+        return extra, None
+    if _true(overrides, "evaluate"):
+        classes = (meta.get("model_spec") or {}).get("num_classes")
+        return extra + evaluation_overrides(meta["config"], overrides, override_value(overrides, "data") is not None, classes), None
+    if override_value(overrides, "save_weights") or override_value(overrides, "init_from"):
+        return extra, None
+    return extra + resume_group_overrides(meta["config"], overrides), meta
 
 
 def _quote(value: str) -> str:
@@ -128,9 +148,16 @@ def _prepare(config_name: str, entry: str, overrides: list[str]) -> list[str]:
     """Everything that can refuse a command, before Hydra creates a run directory. Returns the
     overrides to add (the run directory fixed, the checkpoint's identity for an evaluation)."""
     extra = _entry_defaults(entry, overrides)
-    extra += _checkpoint_extras(overrides + extra)
+    more, resumed = _checkpoint_extras(overrides + extra)
+    extra += more
     cfg = _compose(config_name, overrides + extra)
     plain, run_dir = _resolved(cfg)
+    if resumed is not None:  # a resume starts from the run's own config; what the command sets is compared
+        from .contract import resume_value_overrides
+
+        extra += resume_value_overrides(resumed["config"], plain, overrides)
+        cfg = _compose(config_name, overrides + extra)
+        plain, run_dir = _resolved(cfg)
     from .config_check import check_config
 
     check_config(plain, entry)

@@ -21,7 +21,8 @@ from typing import Any, Optional, Sequence
 
 from .errors import UserError
 
-__all__ = ["RESUME_MAY_CHANGE", "StartPlan", "config_changes", "evaluation_overrides", "flatten", "plan_start"]
+__all__ = ["RESUME_MAY_CHANGE", "StartPlan", "config_changes", "evaluation_overrides", "flatten", "plan_start",
+           "resume_group_overrides", "resume_value_overrides"]
 
 # keys a resume may change: where and how the run executes, not what it computes
 RESUME_MAY_CHANGE = frozenset({
@@ -210,3 +211,35 @@ def read_meta(path: os.PathLike | str, trust: bool = False) -> Optional[dict]:
     if not is_run_checkpoint(obj):
         return None
     return {k: obj.get(k) for k in ("config", "epoch", "batch", "step", "model_spec", "format_version")}
+
+
+# --------------------------------------------------------------------------------------- resume
+_GROUPS = ("data", "attention", "optim", "sched")
+
+
+def _given_keys(overrides: Sequence[str]) -> set[str]:
+    return {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+
+
+def resume_group_overrides(stored: dict, overrides: Sequence[str]) -> list[str]:
+    """A resume starts from the checkpoint's config: the groups the run used (data=, attention=,
+    optim=, sched=) unless the command names one."""
+    given = _given_keys(overrides)
+    return [f"{g}={stored[g]['name']}" for g in _GROUPS
+            if g not in given and isinstance(stored.get(g), dict) and stored[g].get("name")]
+
+
+def resume_value_overrides(stored: dict, composed: dict, overrides: Sequence[str]) -> list[str]:
+    """...and every stored value the command does not set itself (keys the project has since
+    dropped are left out); what the command sets is then compared with the run (plan_start)."""
+    given = _given_keys(overrides)
+    now = flatten(composed)
+    out = []
+    for key, value in flatten(stored).items():
+        if key in _COMMAND_KEYS or key.split(".")[0] == "hydra" or key not in now:
+            continue
+        if any(key == g or key.startswith(g + ".") or g.startswith(key + ".") for g in given):
+            continue
+        if _norm(now[key]) != _norm(value):
+            out.append(f"{key}={_override_text(value)}")
+    return out

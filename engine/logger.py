@@ -31,6 +31,14 @@ def get_logger() -> logging.Logger:
     return LOG
 
 
+class _NoCudaRuntimeNote(logging.Filter):
+    """torch.utils.cpp_extension warns "No CUDA runtime is found" whenever Inductor compiles on a
+    machine without CUDA (every SimAM run on CPU): not the user's concern, and it breaks the bar."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No CUDA runtime is found" not in record.getMessage()
+
+
 def setup_logging(log_file: Optional[Path], enabled: bool = True) -> logging.Logger:
     """The same console format in every process; rank 0 (`enabled`) also appends to `log_file`.
 
@@ -38,6 +46,9 @@ def setup_logging(log_file: Optional[Path], enabled: bool = True) -> logging.Log
     Other ranks log warnings only.
     """
     log = get_logger()
+    cpp = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaRuntimeNote) for f in cpp.filters):
+        cpp.addFilter(_NoCudaRuntimeNote())
     for h in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
         log.removeHandler(h)
         h.close()

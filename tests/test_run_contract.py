@@ -190,3 +190,13 @@ def test_resume_of_an_original_checkpoint_whose_optimizer_does_not_fit_is_refuse
     torch.save({"epoch": 1, "state_dict": model.state_dict(), "optimizer": other.state_dict()}, path)
     assert_user_error(run_cli(FAKE + ["trainer.epochs=2", f"resume={path}", f"hydra.run.dir={tmp_path / 'r'}"]),
                       "optimizer state", "init_from=")
+
+
+def test_resume_starts_from_the_checkpoints_config_and_names_only_what_the_command_changes(finished):
+    last = finished / "checkpoints" / "last.pth"
+    before = _hashes(finished)
+    proc = check_ok(run_cli([f"resume={last}", "trainer.epochs=1"]))  # no data=, attention=, ...: the run's own
+    assert "nothing to train" in proc.stderr
+    line = assert_user_error(run_cli([f"resume={last}", "trainer.epochs=2", "optim.lr=0.5"]), "optim.lr 0.1 -> 0.5")
+    assert "data." not in line and "attention." not in line, line
+    assert _hashes(finished) == before
