@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from clihelpers import ROOT
+from helpers.cli import ROOT
 from scripts import benchmark
 
 

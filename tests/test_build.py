@@ -12,7 +12,7 @@ from engine.contract import StartPlan
 from engine.distributed import DistInfo
 from engine.logger import get_logger
 from helpers.compose import compose_plain
-from clihelpers import write_jpeg_folder
+from helpers.cli import write_jpeg_folder
 
 CPU = torch.device("cpu")
 ONE = DistInfo(rank=0, world_size=1, local_rank=0, device=CPU)

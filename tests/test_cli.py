@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clihelpers import FAKE, ROOT, assert_user_error, check_ok, metrics, run_cli, write_jpeg_folder
+from helpers.cli import FAKE, ROOT, assert_user_error, check_ok, metrics, run_cli, write_jpeg_folder
 from engine.flags import translate_argv
 from engine.errors import UserError
 

@@ -17,7 +17,7 @@ import torchvision
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from clihelpers import FAKE, check_ok, metrics, model_state, run_cli
+from helpers.cli import FAKE, check_ok, metrics, model_state, run_cli
 from engine import data
 from engine.errors import UserError
 from engine.data import DevicePrefetcher, normalize

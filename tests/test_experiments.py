@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from clihelpers import ROOT
+from helpers.cli import ROOT
 
 EXPERIMENTS = ROOT / "configs" / "experiment" / "paper"
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from benchmarks import cuda_only, gpu_checks
-from clihelpers import ROOT
+from helpers.cli import ROOT
 
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import networks
-from clihelpers import run_cli
+from helpers.cli import run_cli
 from scripts import model_table
 from scripts.common import find_paper_dir
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from clihelpers import ROOT, check_ok, metrics, run_cli
+from helpers.cli import ROOT, check_ok, metrics, run_cli
 
 
 def _quickstart_command() -> list[str]:

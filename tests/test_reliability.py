@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clihelpers import FAKE, ROOT, SUBPROCESS_ENV, assert_user_error, check_ok, metrics, model_state, run_cli, write_jpeg_folder
+from helpers.cli import FAKE, ROOT, SUBPROCESS_ENV, assert_user_error, check_ok, metrics, model_state, run_cli, write_jpeg_folder
 from engine.checkpoint import save_atomic
 from engine.errors import UserError
 

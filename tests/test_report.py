@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from clihelpers import assert_user_error, metrics, run_cli
+from helpers.cli import assert_user_error, metrics, run_cli
 from helpers.sweeps import one_error_line, tiny_sweep
 from scripts import report
 from scripts.common import lookup_published, lookup_published_params, paper_arch_name, paper_block, read_published, read_published_params

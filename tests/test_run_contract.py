@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clihelpers import FAKE, ROOT, SUBPROCESS_ENV, assert_user_error, check_ok, metrics, run_cli, write_jpeg_folder
+from helpers.cli import FAKE, ROOT, SUBPROCESS_ENV, assert_user_error, check_ok, metrics, run_cli, write_jpeg_folder
 from engine.contract import RESUME_MAY_CHANGE, config_changes, evaluation_overrides, flatten
 from engine.errors import UserError
 

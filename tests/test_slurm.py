@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import clihelpers
-from clihelpers import FAKE, ROOT, check_ok, metrics, model_state, run_cli
+import helpers.cli as clihelpers
+from helpers.cli import FAKE, ROOT, check_ok, metrics, model_state, run_cli
 
 CONFIG_DIR = str(ROOT / "configs")
 # the same float arithmetic in every run that is compared (run_cli adds SUBPROCESS_ENV itself; Popen here too)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from clihelpers import check_ok, run_cli
+from helpers.cli import check_ok, run_cli
 from helpers.sweeps import ENV, TINY, one_error_line
 from scripts import sweep
 from scripts.runs import load_run

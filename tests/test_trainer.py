@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from clihelpers import FAKE, ROOT, check_ok, metrics, model_state, run_cli
+from helpers.cli import FAKE, ROOT, check_ok, metrics, model_state, run_cli
 
 METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "throughput", "epoch_time"}
 TB_TAGS = {"train/loss", "train/acc1", "val/loss", "val/acc1", "val/acc5", "lr", "throughput"}
@@ -160,7 +160,7 @@ def test_ema_selects_best_and_evaluates_the_ema_weights(tmp_path):
 
 
 def test_evaluating_ema_of_a_checkpoint_without_ema_is_refused(two_epoch_run):
-    from clihelpers import assert_user_error
+    from helpers.cli import assert_user_error
 
     assert_user_error(run_cli(["-e", "--resume", two_epoch_run / "checkpoints" / "best.pth", "ema=true"]), "no EMA weights")
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import networks
-from clihelpers import metrics
+from helpers.cli import metrics
 from engine.data import build_datasets
 from helpers.sweeps import RUNS, one_error_line, tiny_sweep
 from scripts import validate

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clihelpers import check_ok, run_cli
+from helpers.cli import check_ok, run_cli
 
 TINY = ["data=fake", "data.num_train=64", "data.num_val=32", "data.batch_size=32", "trainer.epochs=1"]
-ENV = {"OMP_NUM_THREADS": "1"}  # (run_cli adds clihelpers.SUBPROCESS_ENV: SimAM without torch.compile start-up)
+ENV = {"OMP_NUM_THREADS": "1"}  # (run_cli adds helpers.cli.SUBPROCESS_ENV: SimAM without torch.compile start-up)
 RUNS = [f"fake-cifar_resnet20-{a}-seed{s}" for a in ("none", "simam") for s in (1, 2)]
 
 _BUILT: dict[str, Path] = {}

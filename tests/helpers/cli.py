@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # SimAM's eager autograd Function in the runs tests start: the compiled kernels (the default,
 # tested in test_simam_fused.py and by the README quickstart test) cost seconds of compiling in
