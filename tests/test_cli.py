@@ -198,3 +198,38 @@ def test_original_readme_evaluation_of_simam_weights_without_its_flag_says_what_
     ckpt = _original_r18_predicting(tmp_path, 0, attention_keys=True)
     proc = run_cli([str(root)] + README_EVAL.format(ckpt=ckpt).split() + [f"hydra.run.dir={tmp_path / 'e'}"], script="main_imagenet.py")
     assert_user_error(proc, "--attention_type simam")
+
+
+# every bad input of issue 10 through the entry point: exit 2, one error line naming the key, no directory
+BAD_INPUTS = [
+    (["trainer.epochs=abc"], "trainer.epochs"), (["sched.milestones=abc"], "sched.milestones"), (["seed=foo"], "seed"),
+    (["data.batch_size=0"], "data.batch_size"), (["data.batch_size=-1"], "data.batch_size"),
+    (["data.eval_batch_size=0"], "data.eval_batch_size"), (["optim.lr=-1"], "optim.lr"), (["data.workers=-1"], "data.workers"),
+    (["data.image_size=0"], "data.image_size"), (["data.image_size=-5"], "data.image_size"),
+    (["data.image_size=100000"], "data.image_size"), (["model.arch=alexnet", "data.image_size=16"], "data.image_size"),
+    (["data.num_classes=-3"], "data.num_classes"), (["attention=se", "attention.reduction=0"], "attention.reduction"),
+    (["attention=eca", "attention.gamma=0"], "attention.gamma"), (["attention=simam", "attention.e_lambda=0"], "attention.e_lambda"),
+    (["attention=simam", "attention.e_lambda=-1"], "attention.e_lambda"), (["trainer.epochs=0"], "trainer.epochs"),
+    (["data.num_val=0"], "data.num_val"), (["+trainer.epoch=3"], "trainer.epoch"), (["trainer.epoch=3"], "trainer.epochs"),
+    (["trainer.accelerator=tpu"], "trainer.accelerator"), (["model.arch=../../x"], "model.arch"),
+    (["--attention_type", "se", "--attention_param", "abc"], "--attention_param"),
+    (["--attention_type", "se", "--attention_param", "inf"], "--attention_param"),
+    (["--attention_type", "se", "--attention_param", "0.1"], "--attention_param"),
+    (["experiment=paper/cifar100_resnt20"], "paper/cifar100_resnet20"), (["data.augment=randaug"], "data.augment"),
+    (["data.auto_augment=rand-zz9"], "data.auto_augment"), (["optim.clip_mode=l3"], "optim.clip_mode"),
+    (["trainer.accum_steps=0"], "trainer.accum_steps"), (["ema.select_best=true"], "ema.enabled"),
+    (["weights_format=onnx"], "weights_format"), (["save_weights=/tmp/x.pth"], "resume="),
+    (["resume=/nonexistent/last.pth"], "/nonexistent/last.pth"), (["init_from=/nonexistent/w.pth"], "/nonexistent/w.pth"),
+    (["evaluate=true"], "resume="),
+]
+
+
+@pytest.mark.parametrize("args, needle", BAD_INPUTS, ids=lambda a: " ".join(a) if isinstance(a, list) else None)
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, args, needle):
+    run_dir = tmp_path / "run"
+    outputs = ROOT / "outputs"
+    before = sorted(p.name for p in outputs.iterdir()) if outputs.is_dir() else None
+    proc = run_cli(FAKE + args + [f"hydra.run.dir={run_dir}"] if "model.arch=../../x" not in args else FAKE + args)
+    assert_user_error(proc, needle)
+    assert not run_dir.exists()
+    assert (sorted(p.name for p in outputs.iterdir()) if outputs.is_dir() else None) == before
