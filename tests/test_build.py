@@ -15,6 +15,16 @@ from helpers.compose import compose_plain
 from helpers.cli import write_jpeg_folder
 
 CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _simam_expected_calls_restored():
+    """build_run tells SimAM's kernel choice the run's size (process-wide): undo it for other tests."""
+    from networks.attention.simam_fused import expected_calls, set_expected_calls
+
+    before = expected_calls()
+    yield
+    set_expected_calls(before)
 ONE = DistInfo(rank=0, world_size=1, local_rank=0, device=CPU)
 
 

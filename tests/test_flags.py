@@ -22,7 +22,8 @@ def _translated(cmd: str, entry: str = "imagenet") -> dict[str, str]:
 @pytest.fixture
 def no_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # recorded, so what translate_argv sets is undone
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
 
 
@@ -30,7 +31,8 @@ def no_gpu(monkeypatch):
 def gpus(monkeypatch):
     """A machine with 4 GPUs (torch.cuda mocked); returns a setter for CUDA_VISIBLE_DEVICES."""
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(os.environ.get("CUDA_VISIBLE_DEVICES", "0,1,2,3").split(",")))
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # recorded, so what translate_argv sets is undone
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     return lambda mask: monkeypatch.setenv("CUDA_VISIBLE_DEVICES", mask)

@@ -249,6 +249,8 @@ def test_unwritable_run_dir(tmp_path):
 def test_gpu_ids_beyond_the_machine(monkeypatch):
     from engine.flags import translate_argv
 
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(UserError, match=r"--gpu names GPU 2 but this machine has 2 \(valid ids: 0-1\)"):
         translate_argv(["--gpu", "0,1,2,3"], "imagenet")

@@ -199,8 +199,9 @@ def open_image_folders(root: str | None, *, class_order: str, num_classes: int |
                         "with train/ and val/ subfolders")
     check_dir(root, "dataset root")
     train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
+    train_classes = None if eval_only else class_folders(train_dir)  # train/ first: its errors come first
     val_classes = class_folders(val_dir)
-    train_classes = val_classes if eval_only else class_folders(train_dir)
+    train_classes = val_classes if train_classes is None else train_classes
     class_to_idx, found = class_mapping(train_classes, val_classes, order=class_order, num_classes=num_classes, where=root)
     train = None if eval_only else CheckedImageFolder(train_dir, class_to_idx=class_to_idx, bad_images=bad_images)
     val = CheckedImageFolder(val_dir, class_to_idx=class_to_idx, bad_images=bad_images)
