@@ -133,10 +133,11 @@ def is_run_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and all(k in obj for k in _RUN_KEYS)
 
 
-def load_checkpoint(path: os.PathLike | str, trust: bool = False) -> dict:
-    """Read a checkpoint on CPU; unreadable files and unknown format versions are a one-line `UserError`."""
+def load_checkpoint(path: os.PathLike | str, trust: bool = False, mmap: bool = False) -> dict:
+    """Read a checkpoint on CPU; unreadable files and unknown format versions are a one-line `UserError`.
+    mmap: tensors mapped, not read (for looking at its config and progress)."""
     try:
-        obj = read_checkpoint(path, trust=trust)
+        obj = read_checkpoint(path, trust=trust, mmap=mmap)
     except WeightsError as e:
         raise UserError(str(e)) from None
     if not isinstance(obj, dict):

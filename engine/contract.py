@@ -207,7 +207,7 @@ def read_meta(path: os.PathLike | str, trust: bool = False) -> Optional[dict]:
     """config/epoch/batch/step of one of this project's checkpoints, None for other weights."""
     from .checkpoint import is_run_checkpoint, load_checkpoint
 
-    obj = load_checkpoint(path, trust=trust)
+    obj = load_checkpoint(path, trust=trust, mmap=True)
     if not is_run_checkpoint(obj):
         return None
     return {k: obj.get(k) for k in ("config", "epoch", "batch", "step", "model_spec", "format_version")}

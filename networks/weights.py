@@ -70,13 +70,21 @@ def _safe_globals() -> list[Any]:
         return []
 
 
-def read_checkpoint(path: Union[str, os.PathLike], trust: bool = False) -> Any:
-    """`torch.load` on CPU with `weights_only=True`; full unpickling only when `trust` is set."""
+def read_checkpoint(path: Union[str, os.PathLike], trust: bool = False, mmap: bool = False) -> Any:
+    """`torch.load` on CPU with `weights_only=True`; full unpickling only when `trust` is set.
+    `mmap`: map the tensors instead of reading them (to look at a checkpoint's small entries);
+    files torch cannot map (the legacy format) are read as usual."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightsError(f"checkpoint not found: {path} (check the path)")
     if os.path.getsize(path) == 0:
         raise WeightsError(f"checkpoint {path} is empty (an interrupted save?); use an older checkpoint")
+    if mmap:
+        try:
+            with torch.serialization.safe_globals(_safe_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - not mappable or not safe: the full read below says why
+            pass
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
