@@ -294,6 +294,7 @@ def build_run(cfg: dict, info: DistInfo, plan: StartPlan) -> Run:
     run.model_spec_classes = num_classes
     if info.is_main:  # before SyncBN/DDP wrapping: profiling runs a forward pass on this rank alone
         run.notes.append(_model_line(cfg, model))
+        _warn_large_cifar_input(cfg)
     if ckpt is not None:
         load_into(run, plan.kind)
     model.to(info.device)
@@ -322,6 +323,15 @@ def _expect_simam_calls(run: Run, kind: str) -> None:
     evals = len(run.val_loader) if run.val_loader is not None else 0
     calls = evals if kind in ("evaluate", "weights") else run.opts.epochs * (run.steps_per_epoch + evals)
     set_expected_calls(max(int(calls), 1))
+
+
+def _warn_large_cifar_input(cfg: dict) -> None:
+    """A CIFAR network (stride 4 in all) at ImageNet sizes costs (size/32)^2 the compute of 32 px."""
+    info, size = networks.model_info(cfg["model"]["arch"]), int(cfg["data"]["image_size"])
+    if info.family == "cifar" and size > 2 * info.input_size:
+        get_logger().warning(f"{cfg['model']['arch']} is a {info.input_size} px CIFAR network but data.image_size={size}: "
+                             f"{(size / info.input_size) ** 2:.0f}x the compute of {info.input_size} px; "
+                             f"set data.image_size={info.input_size} unless you mean it")
 
 
 def _model_line(cfg: dict, model: nn.Module) -> str:

@@ -233,3 +233,22 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, args, needle
     assert_user_error(proc, needle)
     assert not run_dir.exists()
     assert (sorted(p.name for p in outputs.iterdir()) if outputs.is_dir() else None) == before
+
+
+def test_main_cifar_on_an_image_folder_trains_at_32_px_with_cifar_augmentation(tmp_path):
+    root = write_jpeg_folder(tmp_path / "imgs", classes=3, train_per_class=4, val_per_class=2, size=64)
+    run_dir = tmp_path / "r"
+    proc = check_ok(run_cli(["data=imagefolder", f"data.root={root}", "data.batch_size=4", "data.eval_batch_size=6",
+                             "data.workers=0", "trainer.epochs=1", "trainer.max_steps_per_epoch=1", f"hydra.run.dir={run_dir}"]))
+    assert "data.image_size=32 data.augment=cifar" in proc.stderr and "at 32x32" in proc.stderr
+    cfg = torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)["config"]["data"]
+    assert cfg["image_size"] == 32 and cfg["augment"] == "cifar"
+    # what the command sets wins
+    proc = check_ok(run_cli(["data=imagefolder", f"data.root={root}", "data.image_size=48", "data.batch_size=4",
+                             "data.eval_batch_size=6", "data.workers=0", "trainer.epochs=1", "trainer.max_steps_per_epoch=1",
+                             f"hydra.run.dir={tmp_path / 'r48'}"]))
+    assert "at 48x48" in proc.stderr and "warning" not in proc.stderr
+    proc = check_ok(run_cli(["data=imagefolder", f"data.root={root}", "data.image_size=96", "data.batch_size=4",
+                             "data.eval_batch_size=6", "data.workers=0", "trainer.epochs=1", "trainer.max_steps_per_epoch=1",
+                             f"hydra.run.dir={tmp_path / 'r96'}"]))
+    assert "32 px CIFAR network but data.image_size=96: 9x the compute" in proc.stderr

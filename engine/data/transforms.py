@@ -46,9 +46,24 @@ INTERPOLATIONS = {
 DEFAULT_CROP_PCT = 224 / 256  # the standard single-crop ImageNet evaluation: resize 256, crop 224
 
 
+class FitSize(torch.nn.Module):
+    """Resize to a square `size` only when the image has another size (CIFAR's own 32 px images
+    pass untouched, bit for bit; an image folder's images are brought to the network's size)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = int(size)
+        self.resize = v2.Resize((self.size, self.size), antialias=True)
+
+    def forward(self, image: Any) -> Any:
+        h, w = v2.functional.get_size(image)
+        return image if (h, w) == (self.size, self.size) else self.resize(image)
+
+
 def _cifar_ops(image_size: int, crop_pct: float | None, filt: Any) -> tuple[list[Transform], list[Transform]]:
-    """Pad 4 + random crop + flip (the SimAM CIFAR recipe); eval: nothing."""
-    return [v2.RandomCrop(image_size, padding=4), v2.RandomHorizontalFlip()], []
+    """Pad 4 + random crop + flip (the SimAM CIFAR recipe); eval: nothing. Images of another size
+    (an image folder under main_cifar.py) are first resized to image_size."""
+    return [FitSize(image_size), v2.RandomCrop(image_size, padding=4), v2.RandomHorizontalFlip()], [FitSize(image_size)]
 
 
 def _imagenet_ops(image_size: int, crop_pct: float | None, filt: Any) -> tuple[list[Transform], list[Transform]]:
