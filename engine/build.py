@@ -30,7 +30,7 @@ from .errors import UserError
 from .logger import get_logger
 from .optim import build_optimizer, build_scheduler, scaled_lr
 
-__all__ = ["Options", "Run", "build_data", "build_model", "build_run", "load_into", "seed_process"]
+__all__ = ["Options", "Run", "build_data", "check_batch_split", "build_model", "build_run", "load_into", "seed_process"]
 
 _AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -132,7 +132,8 @@ def build_model(cfg: dict, num_classes: int) -> nn.Module:
         raise UserError(str(e).splitlines()[0]) from None
 
 
-def _check_batch_split(d: dict, world_size: int) -> None:
+def check_batch_split(d: dict, world_size: int) -> None:
+    """The global batch sizes must split evenly over the processes."""
     for key in ("batch_size", "eval_batch_size"):
         if int(d[key]) % world_size:
             raise UserError(f"data.{key}={d[key]} is not divisible by the {world_size} processes: use a multiple of {world_size}")
@@ -149,7 +150,7 @@ def build_data(cfg: dict, info: DistInfo) -> tuple[Any, Any, int]:
     """(train loader or None when evaluating, val loader, num_classes). Loaders yield normalised
     float batches on info.device (engine.data.DevicePrefetcher)."""
     d, evaluating = cfg["data"], bool(cfg.get("evaluate"))
-    _check_batch_split(d, info.world_size)
+    check_batch_split(d, info.world_size)
     gpu_decode = bool(d.get("gpu_decode", False))
     if gpu_decode and info.device.type != "cuda":
         if info.is_main:

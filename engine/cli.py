@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .errors import EXIT_USER_ERROR, UserError
+from .contract import override_text
 from .flags import override_value, translate_argv
 
 __all__ = ["CONFIG_DIR", "main", "translate_argv"]
@@ -124,7 +125,7 @@ def _checkpoint_extras(overrides: list[str]) -> tuple[list[str], Optional[dict]]
     if override_value(overrides, "hydra.run.dir") is None:
         run_dir = _run_dir_of_checkpoint(resume)
         if run_dir is not None:  # continue (or evaluate) in the checkpoint's own run directory
-            extra.append(f"hydra.run.dir={_quote(str(run_dir))}")
+            extra.append(f"hydra.run.dir={override_text(str(run_dir))}")
     if not Path(resume).expanduser().is_file():
         return extra, None
     from .contract import evaluation_overrides, read_meta, resume_group_overrides
@@ -138,10 +139,6 @@ def _checkpoint_extras(overrides: list[str]) -> tuple[list[str], Optional[dict]]
     if override_value(overrides, "save_weights") or override_value(overrides, "init_from"):
         return extra, None
     return extra + resume_group_overrides(meta["config"], overrides), meta
-
-
-def _quote(value: str) -> str:
-    return value if all(c not in value for c in " ,=[]{}:'\"\\") else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _prepare(config_name: str, entry: str, overrides: list[str]) -> list[str]:
@@ -167,7 +164,7 @@ def _prepare(config_name: str, entry: str, overrides: list[str]) -> list[str]:
     trust = bool(plain.get("trust_checkpoint"))
     plan_start(plain, run_dir, lambda p: read_meta(p, trust=trust))
     if override_value(overrides + extra, "hydra.run.dir") is None:
-        extra.append(f"hydra.run.dir={_quote(str(run_dir))}")
+        extra.append(f"hydra.run.dir={override_text(str(run_dir))}")
     return extra
 
 

@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 from .errors import UserError
 
 __all__ = ["RESUME_MAY_CHANGE", "StartPlan", "config_changes", "evaluation_overrides", "flatten", "plan_start",
-           "resume_group_overrides", "resume_value_overrides"]
+           "override_text", "resume_group_overrides", "resume_value_overrides"]
 
 # keys a resume may change: where and how the run executes, not what it computes
 RESUME_MAY_CHANGE = frozenset({
@@ -173,7 +173,7 @@ def evaluation_overrides(stored: dict, overrides: Sequence[str], data_given: boo
         if key in given:
             _check_same(key, given[key], value)
             continue
-        out.append(f"{key}={_override_text(value)}")
+        out.append(f"{key}={override_text(value)}")
     return out
 
 
@@ -185,21 +185,21 @@ def _check_same(key: str, given: str, stored: Any) -> None:
     except Exception:  # noqa: BLE001 - compare as text
         parsed = given
     if _norm(parsed) != _norm(stored) and str(parsed) != str(stored):
-        raise UserError(f"{key}={given} contradicts the checkpoint, which holds {key}={_override_text(stored)}: "
+        raise UserError(f"{key}={given} contradicts the checkpoint, which holds {key}={override_text(stored)}: "
                         f"drop {key}= (evaluation takes it from the checkpoint)")
 
 
-def _override_text(v: Any) -> str:
+def override_text(v: Any) -> str:
     if v is None:
         return "null"
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, dict):
-        return "{" + ",".join(f"{k}:{_override_text(x)}" for k, x in v.items()) + "}"
+        return "{" + ",".join(f"{k}:{override_text(x)}" for k, x in v.items()) + "}"
     if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_override_text(x) for x in v) + "]"
-    if isinstance(v, str) and (not v or any(c in v for c in " ,=[]{}:'\"")):
-        return "'" + v.replace("'", "\\'") + "'"
+        return "[" + ",".join(override_text(x) for x in v) + "]"
+    if isinstance(v, str) and (not v or any(c in v for c in " ,=[]{}:'\"\\")):
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
     return str(v)
 
 
@@ -241,5 +241,5 @@ def resume_value_overrides(stored: dict, composed: dict, overrides: Sequence[str
         if any(key == g or key.startswith(g + ".") or g.startswith(key + ".") for g in given):
             continue
         if _norm(now[key]) != _norm(value):
-            out.append(f"{key}={_override_text(value)}")
+            out.append(f"{key}={override_text(value)}")
     return out

@@ -9,6 +9,7 @@ and the temp file removed. PITFALLS: atomic saves, planted symlinks, torch.save'
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shutil
@@ -17,7 +18,7 @@ from typing import Any, BinaryIO, Callable
 
 from .errors import UserError
 
-__all__ = ["TEMP_SUFFIX", "append_line", "copy_atomic", "remove_stale_temps", "write_atomic", "write_json", "write_text"]
+__all__ = ["TEMP_SUFFIX", "append_line", "copy_atomic", "finite", "json_line", "remove_stale_temps", "write_atomic", "write_json", "write_text"]
 
 TEMP_SUFFIX = ".tmp"
 _TEMP_PREFIX = "."
@@ -83,8 +84,24 @@ def write_text(path: os.PathLike | str, text: str) -> None:
     write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def finite(obj: Any) -> Any:
+    """The same structure with NaN/inf floats as None: valid JSON (a run whose best is still -inf)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def json_line(obj: Any) -> str:
+    """One line of a .jsonl file (metrics.jsonl, evals.jsonl)."""
+    return json.dumps(finite(obj), allow_nan=False)
+
+
 def write_json(path: os.PathLike | str, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    write_text(path, json.dumps(finite(obj), indent=2, allow_nan=False) + "\n")
 
 
 def copy_atomic(src: os.PathLike | str, dst: os.PathLike | str) -> None:

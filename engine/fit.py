@@ -7,7 +7,6 @@ checkpoint; write weights. It never reads the config.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from .build import Run
 from .checkpoint import make_checkpoint, save_epoch_files
 from .distributed import barrier
 from .errors import UserError
-from .files import append_line, write_json
+from .files import append_line, json_line, write_json
 from .logger import RunLogger
 from .loops import NonFiniteLossError, evaluate, train_one_epoch
 from .signals import EXIT_PREEMPTED, StopFlag
@@ -181,16 +180,10 @@ def evaluate_checkpoint(run: Run, logger: RunLogger) -> dict:
            "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if run.info.is_main:
         write_json(run.paths.eval_json, out)
-        append_line(run.paths.evals, _json_line(out))
+        append_line(run.paths.evals, json_line(out))
         logger.info(f"eval {path}: acc1 {result['acc1']:.3f} acc5 {result['acc5']:.3f} loss {result['loss']:.4f} "
                     f"on {result['num_samples']} images ({out['weights']} weights)")
     return out
-
-
-def _json_line(obj: dict) -> str:
-    import json
-
-    return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in obj.items()})
 
 
 def write_weights(run: Run, path: str, logger: RunLogger, backbone_only: bool = False) -> None:

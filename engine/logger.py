@@ -4,13 +4,13 @@ Only rank 0 creates a `RunLogger` that writes; other ranks get one with `enabled
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, TextIO
+
+from .files import json_line
 
 __all__ = ["RunLogger", "get_logger", "setup_logging"]
 
@@ -193,9 +193,8 @@ class RunLogger:
         """Append one line to metrics.jsonl and write the epoch's TensorBoard scalars."""
         if not self.enabled:
             return
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(clean) + "\n")
+            f.write(json_line(record) + "\n")
         if self.tb is not None:
             step = record["epoch"]
             for key, tag in (("train_loss", "train/loss"), ("train_acc1", "train/acc1"), ("val_loss", "val/loss"),

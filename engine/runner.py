@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from .build import Run, build_run
+from .build import Run, build_run, check_batch_split
 from .contract import StartPlan, plan_start, read_meta
 from .errors import EXIT_USER_ERROR, UserError
 from .files import remove_stale_temps, write_json, write_text
@@ -45,8 +45,8 @@ def run(cfg: DictConfig, job: str = "main", overrides: Optional[list] = None) ->
         return _already_finished(plain, plan)
     devices = int(plain["trainer"]["devices"])
     if "WORLD_SIZE" in os.environ or devices <= 1:
-        return execute(plain, job, overrides or [])
-    return _spawn(plain, devices, job, overrides or [])
+        return execute(plain, job, overrides or [], plan)
+    return _spawn(plain, devices, job, overrides or [], plan)
 
 
 def _already_finished(plain: dict, plan: StartPlan) -> dict:
@@ -57,18 +57,16 @@ def _already_finished(plain: dict, plan: StartPlan) -> dict:
     return json.loads(summary.read_text()) if summary.is_file() else {}
 
 
-def _spawn(plain: dict, devices: int, job: str, overrides: list) -> dict:
+def _spawn(plain: dict, devices: int, job: str, overrides: list, plan: StartPlan) -> dict:
     import torch
 
     from .distributed import SpawnError, spawn
 
     if plain["trainer"]["accelerator"] != "cpu" and torch.cuda.is_available() and devices > torch.cuda.device_count():
         raise UserError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPUs")
-    for key in ("batch_size", "eval_batch_size"):
-        if int(plain["data"][key]) % devices:
-            raise UserError(f"data.{key}={plain['data'][key]} is not divisible by the {devices} processes: use a multiple of {devices}")
+    check_batch_split(plain["data"], devices)  # here too: one message, not one per process
     try:
-        spawn(execute, devices, args=(plain, job, overrides))
+        spawn(execute, devices, args=(plain, job, overrides, plan))
     except SpawnError as e:
         _spawn_failed(e, plain)
     summary = Path(plain["run_dir"]) / "summary.json"
@@ -103,8 +101,8 @@ class _Pending(logging.Handler):
         self.records.append(record)
 
 
-def execute(plain: dict, job: str = "main", overrides: Optional[list] = None) -> dict:
-    """One rank of the run: train, evaluate or write weights."""
+def execute(plain: dict, job: str = "main", overrides: Optional[list] = None, plan: Optional[StartPlan] = None) -> dict:
+    """One rank of the run: train, evaluate or write weights (`plan`: run()'s decision, else made here)."""
     from .distributed import cleanup, init_distributed
 
     t = plain["trainer"]
@@ -113,16 +111,16 @@ def execute(plain: dict, job: str = "main", overrides: Optional[list] = None) ->
     pending = _Pending()
     LOG.addHandler(pending)
     try:
-        return _execute(plain, info, job, overrides or [], pending)
+        return _execute(plain, info, job, overrides or [], pending, plan or _plan(plain))
     finally:
         LOG.removeHandler(pending)
         cleanup()
 
 
-def _execute(plain: dict, info: Any, job: str, overrides: list, pending: _Pending) -> dict:
+def _execute(plain: dict, info: Any, job: str, overrides: list, pending: _Pending, plan: StartPlan) -> dict:
     from .fit import evaluate_checkpoint, write_weights
 
-    run = build_run(plain, info, _plan(plain))
+    run = build_run(plain, info, plan)
     for note in run.notes:
         get_logger().info(note)
     if run.plan.kind == "evaluate":
@@ -197,7 +195,7 @@ def _train(run: Run, job: str) -> dict:
     finally:
         stop.restore()
     if run.info.is_main:
-        write_json(paths.summary, _finite(summary))
+        write_json(paths.summary, summary)
         done = summary["epoch"] >= o.epochs
         write_status(paths.status, "done" if done else "preempted", epoch=summary["epoch"], exit_code=0)
         logger.info(f"{'done' if done else 'stopped'}: best {summary['best_metric']} {summary['best_acc1']:.2f} "
@@ -216,14 +214,3 @@ def _record_failure(run: Run, message: str, code: Any) -> None:
         write_status(run.paths.status, "failed", epoch=run.state.epoch, error=message, exit_code=code if isinstance(code, int) else 1)
     except UserError:
         pass
-
-
-def _finite(obj: Any) -> Any:
-    """JSON without NaN/Infinity (a run whose best is still -inf writes null)."""
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
