@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from networks.attention import simam_fused  # noqa: E402
+from networks.attention import simam_fused, simam_native  # noqa: E402
 from networks.attention.simam import simam, simam_reference  # noqa: E402
 
 Row = dict[str, Any]
@@ -152,23 +152,25 @@ def simam_shapes(quick: bool, on_gpu: bool) -> list[tuple[int, int, int, int]]:
     return [(batch, 256, 56, 56)] + [(batch, c, s, s) for c, s in RESNET50_SIMAM_SHAPES]
 
 
-def first_call_in_new_process(b: Bench, shape: tuple[int, ...]) -> float:
-    """Seconds of the first compiled SimAM forward+backward in a fresh Python process (Inductor's
-    on-disk cache decides whether it compiles or loads the kernels)."""
+def first_call_in_new_process(b: Bench, shape: tuple[int, ...], impl: str = "compiled", cache_dir: str | None = None) -> float:
+    """Seconds of the first SimAM forward+backward of `impl` ("compiled", "native") in a fresh Python
+    process (the on-disk cache, `cache_dir` when given, decides whether it compiles or loads)."""
     code = (
         "import sys, time, torch; sys.path.insert(0, sys.argv[1])\n"
         "from networks.attention.simam import simam\n"
         "from networks.attention import simam_fused\n"
         "x = torch.randn(*map(int, sys.argv[3].split('x')), device=sys.argv[2], requires_grad=True)\n"
-        "t = time.perf_counter(); simam(x, 1e-4, 'compiled').sum().backward()\n"
+        "t = time.perf_counter(); simam(x, 1e-4, sys.argv[4]).sum().backward()\n"
         "torch.cuda.synchronize() if x.is_cuda else None\n"
         "assert simam_fused.compile_failure() is None, simam_fused.compile_failure()\n"
         "print(time.perf_counter() - t)\n")
     env = {k: v for k, v in os.environ.items() if k != "SIMAM_IMPL"}
-    proc = subprocess.run([sys.executable, "-c", code, str(REPO), b.device.type, "x".join(map(str, shape))],
+    if cache_dir is not None:
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO), b.device.type, "x".join(map(str, shape)), impl],
                           capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:
-        raise RuntimeError(f"first compiled SimAM call in a new process failed: {proc.stderr.strip()[-500:]}")
+        raise RuntimeError(f"first {impl} SimAM call in a new process failed: {proc.stderr.strip()[-500:]}")
     return float(proc.stdout.strip().splitlines()[-1])
 
 
@@ -179,6 +181,8 @@ def _simam_candidates(x: torch.Tensor, grad: torch.Tensor, e_lambda: float, refe
     impls["ours: function (eager kernels)"] = lambda t: simam(t, e_lambda, "function")
     if simam_fused.compile_available():
         impls["ours: compiled (torch.compile)"] = lambda t: simam(t, e_lambda, "compiled")
+    if simam_native.applies(x) and simam_native.available():
+        impls["ours: native (C/OpenMP kernel)"] = lambda t: simam(t, e_lambda, "native")
 
     def fwd_bwd(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
         def run() -> None:
@@ -197,8 +201,9 @@ def _simam_shape_rows(b: Bench, shape: tuple[int, ...], bandwidth: float, main: 
     size = x.numel() * x.element_size()
     floor_s = 8 * size / bandwidth
     shape_s = "x".join(map(str, shape))
-    simam(x, e_lambda, "compiled").backward(grad)  # compiles (or loads) the kernels outside the timing
-    x.grad = None
+    for impl in ("compiled", "native"):  # compiles (or loads) the kernels outside the timing
+        simam(x, e_lambda, impl).backward(grad)
+        x.grad = None
     times = b.compare(_simam_candidates(x, grad, e_lambda, reference=main))
     med = {name: statistics.median(t) for name, t in times.items()}
     auto = simam_fused.resolve_impl("auto", x)
@@ -230,6 +235,8 @@ def _saved_bytes_rows(b: Bench, shape: tuple[int, ...]) -> list[Row]:
     }
     if simam_fused.compile_available():
         saved["ours: compiled (torch.compile)"] = simam_fused.saved_tensor_bytes(simam, x, e_lambda, "compiled")
+    if simam_native.applies(x) and simam_native.available():
+        saved["ours: native (C/OpenMP kernel)"] = simam_fused.saved_tensor_bytes(simam, x, e_lambda, "native")
     rows: list[Row] = [{"section": sec, "name": f"saved for backward: {name}", "value": n / 2**20, "unit": "MiB",
                         "ratio": n / size, "ratio_to": "input"} for name, n in saved.items()]
     worst = max((n for n in saved if n.startswith("ours")), key=saved.__getitem__)
@@ -256,11 +263,20 @@ def bench_simam(b: Bench) -> list[Row]:
         rows.append({"section": sec, "name": "first compiled fwd+bwd in a new process, cache warm", "value": warm, "unit": "s",
                      "note": f"Inductor's on-disk cache in {simam_fused.compile_cache_dir()}; the process before it: "
                              f"{cold_or_warm:.1f} s (compiles if the cache was empty)"})
+    if b.device.type == "cpu" and simam_native.available():
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as empty:
+            cold = first_call_in_new_process(b, shapes[0], "native", empty)
+            warm = first_call_in_new_process(b, shapes[0], "native", empty)
+        rows.append({"section": sec, "name": "first native fwd+bwd in a new process, cache warm", "value": warm, "unit": "s",
+                     "note": f"with an empty cache (builds the C kernel): {cold:.2f} s"})
     for i, shape in enumerate(shapes):
         b.log(f"simam: {'x'.join(map(str, shape))} fp32 on {b.device}")
         rows += _simam_shape_rows(b, shape, bandwidth, main=i == 0)
     rows += _saved_bytes_rows(b, shapes[0])
     b.extra["simam"] = {"shapes": [list(s) for s in shapes], "dtype": "float32", "compile_available": simam_fused.compile_available(),
+                        "native_available": simam_native.available(), "native_failure": simam_native.failure(),
                         "compile_failed": simam_fused.compile_failure(), "cache_dir": simam_fused.compile_cache_dir()}
     return rows
 

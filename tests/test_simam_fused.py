@@ -14,13 +14,13 @@ import pytest
 import torch
 
 import networks
-from networks.attention import SimAM, simam_fused, simam_reference
+from networks.attention import SimAM, simam_fused, simam_native, simam_reference
 from networks.attention.simam import simam
 from networks.attention.simam_fused import SimAMFunction, resolve_impl, saved_tensor_bytes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-IMPLS = ["reference", "function", "compiled"]
+IMPLS = ["reference", "function", "compiled", "native"]  # "native" falls back to "compiled" off fp32 NCHW
 # output rounding of the half types (unit roundoff 2**-11, 2**-8); statistics are fp32
 DTYPE_RTOL = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
@@ -192,8 +192,12 @@ def test_module_keeps_its_signature_and_state():
 
 
 def test_auto_choice():
+    """fp32 NCHW on the CPU: the C kernel (where it builds); bf16 and channels_last: Inductor."""
     big = torch.empty(1, 1, 1, simam_fused.AUTO_COMPILE_MIN_NUMEL)
-    assert resolve_impl("auto", big) == "compiled"
+    assert resolve_impl("auto", big) == ("native" if simam_native.available() else "compiled")
+    assert resolve_impl("auto", big.bfloat16()) == "compiled"
+    assert resolve_impl("auto", torch.empty(8, 16, 32, 32).contiguous(memory_format=torch.channels_last)) == "compiled"
+    assert resolve_impl("native", big.bfloat16()) == "compiled"  # where the C kernel does not apply
     assert resolve_impl("auto", torch.empty(2, 3, 4, 4)) == "function"  # too small to repay compiling
     assert resolve_impl("auto", big.to("meta")) == "function"
     assert resolve_impl("reference", big) == "reference"
@@ -220,8 +224,9 @@ def test_environment_variable():
 
 def test_expected_calls_decide_whether_auto_compiles():
     """Few forward passes in the process (evaluation only, a few steps): "auto" runs the eager
-    Function; an explicit "compiled" still compiles."""
-    big = torch.empty(1, 1, 1, simam_fused.AUTO_COMPILE_MIN_NUMEL)
+    Function; an explicit "compiled" still compiles. (bf16: fp32 NCHW gets the C kernel, whose
+    build takes under a second once per machine, whatever the count.)"""
+    big = torch.empty(1, 1, 1, simam_fused.AUTO_COMPILE_MIN_NUMEL, dtype=torch.bfloat16)
     try:
         simam_fused.set_expected_calls(simam_fused.AUTO_COMPILE_MIN_CALLS - 1)
         assert simam_fused.expected_calls() == simam_fused.AUTO_COMPILE_MIN_CALLS - 1
@@ -243,7 +248,7 @@ def test_expected_calls_decide_whether_auto_compiles():
 def test_eager_kernels_block():
     big = torch.empty(1, 1, 1, simam_fused.AUTO_COMPILE_MIN_NUMEL)
     with simam_fused.eager_kernels():
-        assert resolve_impl("auto", big) == resolve_impl("compiled", big) == "function"
+        assert resolve_impl("auto", big) == resolve_impl("compiled", big) == resolve_impl("native", big) == "function"
         assert simam_fused.impl_override() == "function"
     assert simam_fused.impl_override() is None and resolve_impl("compiled", big) == "compiled"
     simam_fused.set_impl_override("reference")

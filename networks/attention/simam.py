@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .simam_fused import IMPLS, check_impl, resolve_impl, simam_compiled, simam_function
+from .simam_fused import IMPLS, check_impl, resolve_impl, simam_compiled, simam_function, simam_native_kernel
 
 __all__ = ["IMPLS", "SimAM", "simam", "simam_reference"]
 
@@ -37,7 +37,8 @@ def simam_reference(x: torch.Tensor, e_lambda: float = 1e-4) -> torch.Tensor:
     return (xf * torch.sigmoid(e_inv)).to(x.dtype)
 
 
-_IMPL_FNS = {"reference": simam_reference, "function": simam_function, "compiled": simam_compiled}
+_IMPL_FNS = {"reference": simam_reference, "function": simam_function, "compiled": simam_compiled,
+             "native": simam_native_kernel}
 
 
 def simam(x: torch.Tensor, e_lambda: float = 1e-4, impl: str = "auto") -> torch.Tensor:
@@ -48,7 +49,7 @@ def simam(x: torch.Tensor, e_lambda: float = 1e-4, impl: str = "auto") -> torch.
 class SimAM(nn.Module):
     """Parameter-free attention; `channels` is accepted (and ignored) so every module shares one signature.
 
-    `impl`: "auto" (fused where available), "reference", "function" or "compiled"; the
+    `impl`: "auto" (fused where available), "reference", "function", "compiled" or "native"; the
     environment variable SIMAM_IMPL overrides it for every module (debugging).
     """
 

@@ -25,7 +25,13 @@ Implementations (`SimAM(impl=...)`, or globally with the environment variable SI
   pass. Compiling takes seconds on first use per dtype / memory format (shapes are dynamic).
   If torch.compile is unavailable or fails (no C compiler, unsupported platform, dynamo
   errors), it warns once and uses "function" from then on: training never stops for it.
-- "auto" (default): "compiled" on CPU and CUDA for inputs of at least AUTO_COMPILE_MIN_NUMEL
+- "native": the same Function with the C/OpenMP kernels of `simam_native` (float32 NCHW on the
+  CPU; built in under a second once per machine and cached); elsewhere it runs as "compiled".
+  Faster than Inductor's kernels at every ResNet-50 SimAM shape on the 2-core CPU (benchmark
+  section simam), and no compiling per process.
+- "auto" (default): "native" where it applies (float32 NCHW CPU inputs of at least
+  AUTO_COMPILE_MIN_NUMEL elements, whatever `set_expected_calls` says); else
+  "compiled" on CPU and CUDA for inputs of at least AUTO_COMPILE_MIN_NUMEL
   elements; "function" for smaller ones (there compiling saves a fraction of a millisecond per
   call, which takes thousands of calls to repay its seconds: tests, toy inputs), on other
   devices (meta, mps, ...), and in processes that expect fewer than AUTO_COMPILE_MIN_CALLS
@@ -59,14 +65,16 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
+from . import simam_native
+
 __all__ = [
     "AUTO_COMPILE_MIN_CALLS", "AUTO_COMPILE_MIN_NUMEL", "IMPLS", "SimAMFunction", "check_impl", "compile_available",
     "compile_cache_dir", "compile_failure", "eager_kernels", "enable_compile_cache", "expected_calls",
     "impl_override", "override_from_env", "resolve_impl", "saved_tensor_bytes", "set_expected_calls",
-    "set_impl_override", "simam_compiled", "simam_function",
+    "set_impl_override", "simam_compiled", "simam_function", "simam_native_kernel",
 ]
 
-IMPLS = ("auto", "reference", "function", "compiled")
+IMPLS = ("auto", "reference", "function", "compiled", "native")
 AUTO_COMPILE_MIN_NUMEL = 2**17  # e.g. 32x16x16x16: "auto" compiles from this input size on
 # "auto" compiles only in processes that expect at least this many forward passes (when told):
 # compiling costs ~3 s (warm cache) to ~30 s (cold) on the 2-core CPU; at batch 16 it saves 5-46 ms
@@ -389,13 +397,24 @@ def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+_KERNELS = ("eager", "compiled", "native")
+
+
 class SimAMFunction(torch.autograd.Function):
-    """SimAM with an analytic backward; saves x, mu and k only. apply(x, e_lambda, compiled)."""
+    """SimAM with an analytic backward; saves x, mu and k only. apply(x, e_lambda, kernels) with
+    kernels "eager", "compiled" (torch.compile) or "native" (simam_native, which the caller checked
+    applies and is available); True / False mean "compiled" / "eager"."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, e_lambda: float, compiled: bool) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, e_lambda: float, kernels) -> torch.Tensor:
+        if isinstance(kernels, bool):
+            kernels = "compiled" if kernels else "eager"
+        if kernels not in _KERNELS:
+            raise ValueError(f"SimAMFunction: unknown kernels {kernels!r}; valid: {', '.join(_KERNELS)}")
         with _autocast_off(x.device.type):
-            if compiled:
+            if kernels == "native":
+                y, mu, k = simam_native.forward(x, e_lambda)
+            elif kernels == "compiled":
                 y, mu, k = _run_compiled("forward", _forward_kernel, _forward_eager, x, e_lambda)
                 if ctx.needs_input_grad[0]:
                     _warm_backward(x, y, mu, k)
@@ -403,7 +422,7 @@ class SimAMFunction(torch.autograd.Function):
                 y, mu, k = _forward_eager(x, e_lambda)
         ctx.save_for_backward(x, mu, k)
         ctx.e_lambda = e_lambda
-        ctx.compiled = compiled
+        ctx.kernels = kernels
         return y
 
     @staticmethod
@@ -414,7 +433,9 @@ class SimAMFunction(torch.autograd.Function):
             # from x so that their dependence on x is part of the graph
             mu, k = _stats(x.to(_compute_dtype(x)), ctx.e_lambda)
             dx = _backward_kernel(x, grad, mu, k)
-        elif ctx.compiled:
+        elif ctx.kernels == "native":
+            dx = simam_native.backward(x, grad, mu, k)
+        elif ctx.kernels == "compiled":
             with _autocast_off(x.device.type):  # the state the kernel was compiled under
                 dx = _run_compiled("backward", _backward_kernel, _backward_eager, x, _like_input(grad, x), mu, k)
         else:
@@ -430,13 +451,22 @@ def _check_input(x: torch.Tensor) -> None:
 def simam_function(x: torch.Tensor, e_lambda: float = 1e-4) -> torch.Tensor:
     """SimAM through `SimAMFunction` with eager kernels."""
     _check_input(x)
-    return SimAMFunction.apply(x, float(e_lambda), False)
+    return SimAMFunction.apply(x, float(e_lambda), "eager")
 
 
 def simam_compiled(x: torch.Tensor, e_lambda: float = 1e-4) -> torch.Tensor:
     """SimAM through `SimAMFunction` with torch.compile'd kernels (eager ones if compiling fails)."""
     _check_input(x)
-    return SimAMFunction.apply(x, float(e_lambda), True)
+    return SimAMFunction.apply(x, float(e_lambda), "compiled")
+
+
+def simam_native_kernel(x: torch.Tensor, e_lambda: float = 1e-4) -> torch.Tensor:
+    """SimAM through `SimAMFunction` with the C/OpenMP kernel of `simam_native` where it applies
+    (float32 NCHW on the CPU, kernel available), else as `simam_compiled`."""
+    _check_input(x)
+    if simam_native.applies(x) and simam_native.available():
+        return SimAMFunction.apply(x, float(e_lambda), "native")
+    return simam_compiled(x, e_lambda)
 
 
 # --------------------------------------------------------------------------------- selection
@@ -458,16 +488,30 @@ def _compiling_pays() -> bool:
     return _EXPECTED_CALLS is None or _EXPECTED_CALLS >= AUTO_COMPILE_MIN_CALLS
 
 
+def _native_runs(impl: str, x: torch.Tensor) -> bool:
+    """The C kernel runs for "native", and for "auto" on inputs where "auto" would compile."""
+    if impl not in ("auto", "native") or not simam_native.applies(x):
+        return False
+    return (impl == "native" or x.numel() >= AUTO_COMPILE_MIN_NUMEL) and simam_native.available()
+
+
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
     """The implementation that runs for `impl` ("auto", ...) on this input, after the global
     override: "reference" while exporting, "function" inside torch.compile (traced by dynamo),
-    on devices other than CPU/CUDA and once compiling has failed; "auto" also runs "function"
-    for small inputs and when `set_expected_calls` said that compiling would not pay."""
+    on devices other than CPU/CUDA and once compiling has failed. "auto" runs "native" (the C
+    kernel, built in under a second once per machine) where it applies: float32 NCHW CPU inputs
+    of at least AUTO_COMPILE_MIN_NUMEL elements; else "compiled" for such inputs, and "function"
+    for small inputs and when `set_expected_calls` said that compiling would not pay. "native"
+    where the C kernel does not apply (another dtype, layout or device; no compiler) runs as
+    "compiled"."""
     impl = _OVERRIDE or impl
     if impl == "reference" or _exporting():
         return "reference"
     if torch.compiler.is_compiling():
         return "function"
+    if _native_runs(impl, x):
+        return "native"
+    impl = "compiled" if impl == "native" else impl
     if impl == "auto" and (x.numel() < AUTO_COMPILE_MIN_NUMEL or not _compiling_pays()):
         return "function"
     if impl in ("auto", "compiled") and not (x.device.type in ("cpu", "cuda") and compile_available()):

@@ -1,0 +1,156 @@
+"""The C/OpenMP SimAM kernel (networks/attention/simam_native.py) against the plain formula.
+
+Correctness only: output and input gradient at ResNet stage sizes and odd ones (1x1, 1xN, a
+constant channel, NaN), the same bits whatever the thread count, which inputs it takes, the
+self-check, the on-disk cache, and the fallback (no compiler, SIMAM_NATIVE=0, a failing self-check)
+to the other kernels without an error.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from networks.attention import simam_fused, simam_native, simam_reference
+from networks.attention.simam import simam
+from networks.attention.simam_fused import SimAMFunction, resolve_impl
+
+needs_native = pytest.mark.skipif(not simam_native.available(), reason=f"C kernel unavailable: {simam_native.failure()}")
+
+
+@pytest.fixture(autouse=True)
+def no_override(monkeypatch):
+    monkeypatch.setattr(simam_fused, "_OVERRIDE", None)
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """An empty kernel cache and no loaded kernel; the process's kernel again afterwards."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    simam_native.reset()
+    yield tmp_path / "cache" / "simam_native"
+    monkeypatch.undo()
+    simam_native.reset()
+
+
+def native_and_reference(x: torch.Tensor, g: torch.Tensor, e_lambda: float = 1e-4):
+    xn = x.clone().requires_grad_()
+    yn = SimAMFunction.apply(xn, e_lambda, "native")
+    yn.backward(g)
+    xr = x.double().requires_grad_()
+    yr = simam_reference(xr, e_lambda)
+    yr.backward(g.double())
+    return yn.detach(), xn.grad, yr.detach().float(), xr.grad.float()
+
+
+@needs_native
+@pytest.mark.parametrize("shape, e_lambda", [
+    ((4, 16, 7, 7), 1e-4), ((2, 8, 14, 14), 1e-4), ((2, 4, 28, 28), 0.1), ((1, 2, 56, 56), 1e-4),
+    ((3, 5, 9, 11), 1e-4), ((4, 8, 1, 1), 1e-4), ((3, 5, 1, 7), 0.1), ((2, 3, 33, 1), 1e-4),
+])
+def test_output_and_gradient_match_the_formula_in_float64(shape, e_lambda):
+    torch.manual_seed(0)
+    x = torch.randn(*shape) * 3 + 1
+    g = torch.randn(*shape)
+    y, dx, y_ref, dx_ref = native_and_reference(x, g, e_lambda)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-4 * dx_ref.abs().max().item())
+
+
+@needs_native
+def test_constant_channel_large_offset_and_nan():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 7, 7)
+    x[0, 1] = 3.0  # zero variance: k = 1 / (4 lambda), weights sigmoid(1/2)
+    x[1, 2] += 1000.0  # statistics of a large mean (two passes, no cancellation)
+    x[1, 3, 2, 2] = float("nan")
+    g = torch.randn(2, 4, 7, 7)
+    y, dx, y_ref, dx_ref = native_and_reference(x, g)
+    assert torch.isnan(y[1, 3]).all() and torch.isnan(dx[1, 3]).all()
+    ok = torch.ones(2, 4, dtype=torch.bool)
+    ok[1, 3] = False
+    torch.testing.assert_close(y[ok], y_ref[ok], rtol=1e-5, atol=1e-5)
+    # the +1000 channel: fp32 rounding of x ~ 1000 (ulp 6e-5) in t = g s x (1 - s), relative to the largest entry
+    torch.testing.assert_close(dx[ok], dx_ref[ok], rtol=1e-4, atol=2e-4 * dx_ref[ok].abs().max().item())
+
+
+@needs_native
+def test_same_bits_whatever_the_thread_count():
+    torch.manual_seed(0)
+    x, g = torch.randn(8, 32, 14, 14), torch.randn(8, 32, 14, 14)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            xx = x.clone().requires_grad_()
+            SimAMFunction.apply(xx, 1e-4, "native").backward(g)
+            results.append((SimAMFunction.apply(x, 1e-4, "native"), xx.grad))
+    finally:
+        torch.set_num_threads(before)
+    for y, dx in results[1:]:
+        assert torch.equal(y, results[0][0]) and torch.equal(dx, results[0][1])
+
+
+def test_which_inputs_it_takes():
+    x = torch.randn(2, 3, 4, 4)
+    assert simam_native.applies(x) is True
+    assert not simam_native.applies(x.bfloat16())
+    assert not simam_native.applies(x.double())
+    assert not simam_native.applies(torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last))
+    assert not simam_native.applies(x[:, :, :, :2])  # a strided view
+    assert not simam_native.applies(x.to("meta"))
+    assert not simam_native.applies(torch.empty(0, 3, 4, 4))
+
+
+@needs_native
+def test_explicit_native_impl_and_non_contiguous_gradient():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 5, requires_grad=True)
+    assert resolve_impl("native", x) == "native"
+    g = torch.randn(2, 3, 5, 6).transpose(2, 3)  # not contiguous
+    simam(x, 1e-4, "native").backward(g)
+    xr = x.detach().clone().requires_grad_()
+    simam_reference(xr).backward(g)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_kernels_name():
+    with pytest.raises(ValueError, match="valid: eager, compiled, native"):
+        SimAMFunction.apply(torch.randn(1, 2, 3, 3), 1e-4, "triton")
+
+
+@needs_native
+def test_built_once_then_loaded_from_the_cache(fresh):
+    assert simam_native.available()
+    built = simam_native.loaded_from()
+    assert built is not None and built.startswith(str(fresh)) and len(list(fresh.glob("*.so"))) == 1
+    simam_native.reset()
+    assert simam_native.available() and simam_native.loaded_from() == built
+    assert [p.name for p in fresh.iterdir()] == [built.rsplit("/", 1)[1]]  # no leftover temporary files
+
+
+def test_no_compiler_falls_back_without_error(fresh, monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler-xyz")
+    big = torch.randn(1, 1, 1, simam_fused.AUTO_COMPILE_MIN_NUMEL)
+    assert not simam_native.available()
+    assert "no C compiler" in simam_native.failure()
+    assert resolve_impl("auto", big) != "native"
+    assert resolve_impl("native", big) in ("compiled", "function")
+    assert not fresh.exists() or not any(fresh.iterdir())
+
+
+def test_turned_off_by_the_environment(fresh, monkeypatch):
+    monkeypatch.setenv("SIMAM_NATIVE", "0")
+    x = torch.randn(1, 1, 1, simam_fused.AUTO_COMPILE_MIN_NUMEL)
+    assert not simam_native.applies(x) and not simam_native.available() and simam_native.failure() is None
+    assert resolve_impl("auto", x) == "compiled"
+
+
+@needs_native
+def test_failing_self_check_disables_it(fresh, monkeypatch):
+    def wrong(lib):
+        raise RuntimeError("self-check failed: y differs")
+    monkeypatch.setattr(simam_native, "_self_check", wrong)
+    assert not simam_native.available()
+    assert "self-check failed" in simam_native.failure()
+    assert resolve_impl("native", torch.randn(2, 3, 4, 4)) != "native"
