@@ -183,6 +183,20 @@ def test_digits_split_and_shapes():
     assert set(val.dataset.labels.tolist()) == set(range(10))
 
 
+def test_digits_read_from_scikit_learns_file_without_importing_it():
+    """The same arrays as sklearn's load_digits, read in a process that never imports sklearn."""
+    from sklearn.datasets import load_digits
+
+    images, labels = data_sets.digits_arrays()
+    reference = load_digits()
+    np.testing.assert_array_equal(images, reference.images)
+    np.testing.assert_array_equal(labels, reference.target)
+    code = ("import sys; from engine.data.datasets import digits_arrays; x, y = digits_arrays(); "
+            "assert x.shape == (1797, 8, 8) and 'sklearn' not in sys.modules, sorted(m for m in sys.modules if 'sklearn' in m)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-800:]
+
+
 def test_digits_val_does_not_depend_on_seed_and_is_disjoint_from_train():
     _, val_a, _ = data.build_datasets("digits", None, augment="none", image_size=32, seed=0)
     train_b, val_b, _ = data.build_datasets("digits", None, augment="none", image_size=32, seed=9)

@@ -7,11 +7,14 @@ files) and `digits` (scikit-learn's 8x8 digits upscaled to 32x32, no download).
 from __future__ import annotations
 
 import functools
+import gzip
+import importlib.util
 import os
 import socket
 import tarfile
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -94,15 +97,31 @@ def _class_pattern(seed: int, label: int, image_size: int, cells: int) -> np.nda
     return np.ascontiguousarray(smooth[0].permute(1, 2, 0).numpy())
 
 
-def _digits_images() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn digits as (1797, 32, 32, 3) uint8 RGB (bilinear upscale) and labels."""
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as (1797, 8, 8) float64 images (values 0..16) and int64 labels, read from
+    the file that scikit-learn ships (sklearn/datasets/data/digits.csv.gz) without importing
+    scikit-learn (2-3 s of the quickstart's start-up); through `load_digits` if the file is not there."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, "rt") as f:
+                data = np.loadtxt(f, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits  # local: scikit-learn is slow to import
 
     digits = load_digits()
-    x = torch.from_numpy(digits.images).float()[:, None] * (255.0 / 16.0)  # values 0..16
+    return digits.images, digits.target.astype(np.int64)
+
+
+def _digits_images() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn digits as (1797, 32, 32, 3) uint8 RGB (bilinear upscale) and labels."""
+    images, labels = digits_arrays()
+    x = torch.from_numpy(images).float()[:, None] * (255.0 / 16.0)  # values 0..16
     x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
     grey = np.clip(x[:, 0].numpy() + 0.5, 0, 255).astype(np.uint8)  # +0.5: round
-    return np.repeat(grey[..., None], 3, axis=-1), digits.target.astype(np.int64)
+    return np.repeat(grey[..., None], 3, axis=-1), labels
 
 
 @dataclass(frozen=True)
