@@ -909,20 +909,42 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-BUSY_LOAD_PER_CPU = 0.75  # 1-minute load average per CPU above which the machine counts as busy
+BUSY_OTHER_PER_CPU = 0.25  # other processes using more than this share of the CPUs: the machine counts as busy
 
 
 def load_average() -> Optional[float]:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
-def label_busy(rows: list[Row], loads: list[Optional[float]], cpus: int) -> list[Row]:
-    """A goal missed while other work loaded the machine (1-minute load average above
-    BUSY_LOAD_PER_CPU per CPU before or after the section) is labelled a measurement, not a failure."""
-    known = [v for v in loads if v is not None]
-    if not known or max(known) <= BUSY_LOAD_PER_CPU * cpus:
+def cpu_snapshot() -> Optional[tuple[float, float, float]]:
+    """(wall seconds, busy CPU-seconds of the whole machine from /proc/stat, CPU-seconds of this
+    process and of its finished children); None where /proc/stat is not there."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 8:
+        return None
+    v = [int(x) for x in fields[1:9]]
+    busy = v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)  # user nice system irq softirq steal
+    t = os.times()
+    return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), t.user + t.system + t.children_user + t.children_system
+
+
+def other_cpus(before: Optional[tuple[float, float, float]], after: Optional[tuple[float, float, float]]) -> Optional[float]:
+    """CPUs that processes other than this benchmark (and the programs it ran) kept busy between two
+    snapshots, on average: the section's own work is not counted, unlike in the load average."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return max(0.0, ((after[1] - before[1]) - (after[2] - before[2])) / (after[0] - before[0]))
+
+
+def label_busy(rows: list[Row], other: Optional[float], cpus: int) -> list[Row]:
+    """A goal missed while other processes kept more than BUSY_OTHER_PER_CPU of the CPUs busy during
+    the section is labelled a measurement, not a failure."""
+    if other is None or other <= BUSY_OTHER_PER_CPU * cpus:
         return rows
-    note = f"machine busy (load average {max(known):.1f} on {cpus} CPUs): a measurement, not a verdict"
+    note = f"machine busy (other processes used {other:.1f} of {cpus} CPUs during the section): a measurement, not a verdict"
     for r in rows:
         if r.get("status") == "FAIL":
             r["status"] = "MEASURED (busy)"
@@ -943,13 +965,17 @@ def run_sections(bench: Bench, names: list[str]) -> list[Row]:
     rows: list[Row] = []
     cpus = os.cpu_count() or 1
     for name in names:
-        before = load_average()
+        before = cpu_snapshot()
         try:
             section_rows = SECTIONS[name](bench)
         except Exception as e:  # noqa: BLE001 - reported as a row, the run goes on
             section_rows = [{"section": name, "name": "section failed", "value": "error", "unit": "", "status": "ERROR",
                              "note": f"{type(e).__name__}: {str(e).strip()[-600:]}"}]
-        rows += label_busy(section_rows, [before, load_average()], cpus)
+        other = other_cpus(before, cpu_snapshot())
+        for r in section_rows:
+            if other is not None and r.get("goal"):
+                r["other_cpus"] = round(other, 2)
+        rows += label_busy(section_rows, other, cpus)
     return rows
 
 

@@ -42,12 +42,27 @@ def fail_row(section: str = "s") -> dict:
 
 
 def test_a_missed_goal_on_a_busy_machine_is_a_measurement():
-    busy = benchmark.label_busy([fail_row(), {**fail_row(), "status": "PASS"}], [0.1, 4.0], cpus=2)
+    busy = benchmark.label_busy([fail_row(), {**fail_row(), "status": "PASS"}], 1.2, cpus=2)
     assert [r["status"] for r in busy] == ["MEASURED (busy)", "PASS"]
-    assert "load average 4.0 on 2 CPUs" in busy[0]["note"]
-    quiet = benchmark.label_busy([fail_row()], [0.5, 1.4], cpus=2)
-    assert quiet[0]["status"] == "FAIL"
-    assert benchmark.label_busy([fail_row()], [None, None], cpus=2)[0]["status"] == "FAIL"
+    assert "other processes used 1.2 of 2 CPUs" in busy[0]["note"]
+    assert benchmark.label_busy([fail_row()], 0.4, cpus=2)[0]["status"] == "FAIL"
+    assert benchmark.label_busy([fail_row()], None, cpus=2)[0]["status"] == "FAIL"
+
+
+def test_the_sections_own_work_does_not_make_the_machine_busy():
+    """Only other processes' CPU time counts as busy: the CPU time of the programs a section runs
+    (here a child process spinning for a second) is the benchmark's own."""
+    before = benchmark.cpu_snapshot()
+    if before is None:
+        pytest.skip("no /proc/stat here")
+    code = "import time\nt = time.time()\nwhile time.time() - t < 1.0: pass"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    after = benchmark.cpu_snapshot()
+    assert after[2] - before[2] >= 0.9  # the child's second of CPU is counted as the benchmark's own
+    wall = after[0] - before[0]
+    other = benchmark.other_cpus(before, after)
+    assert other == pytest.approx(max(0.0, (after[1] - before[1] - (after[2] - before[2])) / wall))
+    assert benchmark.other_cpus(None, before) is None
 
 
 def test_a_failing_section_is_an_error_row_and_the_others_run(monkeypatch, capsys):

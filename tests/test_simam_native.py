@@ -154,3 +154,17 @@ def test_failing_self_check_disables_it(fresh, monkeypatch):
     assert not simam_native.available()
     assert "self-check failed" in simam_native.failure()
     assert resolve_impl("native", torch.randn(2, 3, 4, 4)) != "native"
+
+
+@needs_native
+def test_unwritable_cache_folder_builds_into_a_temporary_one(monkeypatch, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(blocker / "cache"))
+    simam_native.reset()
+    try:
+        assert simam_native.available(), simam_native.failure()
+        assert not simam_native.loaded_from().startswith(str(blocker))
+    finally:
+        monkeypatch.undo()
+        simam_native.reset()

@@ -56,16 +56,21 @@ def applies(x: torch.Tensor) -> bool:
 
 
 def _openmp_runtime() -> Optional[str]:
-    """The file of the OpenMP runtime this process has loaded (torch's), from /proc/self/maps."""
+    """The file of the OpenMP runtime this process has loaded, from /proc/self/maps: torch's own
+    (in torch's folder) when several are loaded."""
     try:
         maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return None
+    found = []
     for line in maps:
-        path = line.split(maxsplit=5)[-1] if len(line.split()) >= 6 else ""
-        if os.path.basename(path).startswith(_OPENMP_NAMES) and ".so" in path and os.path.isfile(path):
-            return path
-    return None
+        fields = line.split(maxsplit=5)
+        path = fields[5] if len(fields) == 6 else ""
+        if os.path.basename(path).startswith(_OPENMP_NAMES) and ".so" in path and path not in found and os.path.isfile(path):
+            found.append(path)
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
+    found.sort(key=lambda p: not os.path.abspath(p).startswith(torch_dir))
+    return found[0] if found else None
 
 
 def _compiler() -> Optional[str]:
@@ -151,7 +156,11 @@ def _setup() -> ctypes.CDLL:
     path = library_path(cc, runtime)
     if not path.is_file():
         _log.info("SimAM: building the native CPU kernel into %s", path)
-        _build(cc, runtime, path)
+        try:
+            _build(cc, runtime, path)
+        except OSError:  # the cache folder is not writable: a folder of this process's own
+            path = Path(tempfile.mkdtemp(prefix="simam_native_")) / path.name
+            _build(cc, runtime, path)
     lib = _load(path)
     _self_check(lib)
     _state["path"] = str(path)
