@@ -192,14 +192,19 @@ def _simam_candidates(x: torch.Tensor, grad: torch.Tensor, e_lambda: float, refe
     return {name: fwd_bwd(fn) for name, fn in impls.items()}
 
 
-def _simam_shape_rows(b: Bench, shape: tuple[int, ...], bandwidth: float, main: bool) -> list[Row]:
-    """fwd+bwd rows of one input shape: each candidate's time, ratio to the original and to the floor."""
+def _simam_shape_rows(b: Bench, shape: tuple[int, ...], bandwidth: float, main: bool,
+                      dtype: torch.dtype = torch.float32, channels_last: bool = False) -> list[Row]:
+    """fwd+bwd rows of one input shape: each candidate's time, ratio to the original and to the floor;
+    goal rows for float32 NCHW only (the issue's goals), the others are reported."""
     sec, e_lambda = "simam", 1e-4
     torch.manual_seed(0)
-    x = torch.randn(*shape, device=b.device).requires_grad_()
-    grad = torch.randn(*shape, device=b.device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(*shape, device=b.device).to(dtype).contiguous(memory_format=fmt).requires_grad_()
+    grad = torch.randn(*shape, device=b.device).to(dtype).contiguous(memory_format=fmt)
     size = x.numel() * x.element_size()
     floor_s = 8 * size / bandwidth
+    kind = "fp32" if dtype == torch.float32 else str(dtype).replace("torch.", "")
+    kind += " channels_last" if channels_last else ""
     shape_s = "x".join(map(str, shape))
     for impl in ("compiled", "native"):  # compiles (or loads) the kernels outside the timing
         simam(x, e_lambda, impl).backward(grad)
@@ -207,14 +212,17 @@ def _simam_shape_rows(b: Bench, shape: tuple[int, ...], bandwidth: float, main: 
     times = b.compare(_simam_candidates(x, grad, e_lambda, reference=main))
     med = {name: statistics.median(t) for name, t in times.items()}
     auto = simam_fused.resolve_impl("auto", x)
-    rows: list[Row] = [{"section": sec, "name": f"{shape_s}: memory-bound floor fwd+bwd (8 transfers)",
+    floor_name = f"{shape_s}: memory-bound floor fwd+bwd (8 transfers)" if kind == "fp32" else f"{shape_s} {kind}: memory-bound floor"
+    rows: list[Row] = [{"section": sec, "name": floor_name,
                         "value": 1e3 * floor_s, "unit": "ms", "note": f"8 x {size / 2**20:.1f} MiB at the bandwidth above"}]
     for name, t in times.items():
         note = f"{med[name] / floor_s:.2f}x floor; {spread_note(t)}"
         if name.startswith("ours") and name.split(": ")[1].startswith(auto):
             note += "; 'auto' picks this"
-        rows.append({"section": sec, "name": f"{shape_s} fp32 fwd+bwd: {name}", "value": median_ms(t), "unit": "ms",
+        rows.append({"section": sec, "name": f"{shape_s} {kind} fwd+bwd: {name}", "value": median_ms(t), "unit": "ms",
                      "ratio": med[name] / med["original (eager)"], "ratio_to": "original", "note": note})
+    if kind != "fp32":
+        return rows
     best = min((n for n in med if n.startswith("ours")), key=med.__getitem__)
     on_gpu = b.device.type == "cuda"
     rows.append(goal_row(sec, f"goal CPU {shape_s}: ours ({best.split(': ')[1]}) / original", med[best] / med["original (eager)"],
@@ -274,6 +282,9 @@ def bench_simam(b: Bench) -> list[Row]:
     for i, shape in enumerate(shapes):
         b.log(f"simam: {'x'.join(map(str, shape))} fp32 on {b.device}")
         rows += _simam_shape_rows(b, shape, bandwidth, main=i == 0)
+    for shape in ([] if b.quick else shapes[1:]):  # the training recipe's inputs: bf16 (autocast), channels_last
+        b.log(f"simam: {'x'.join(map(str, shape))} bf16 channels_last on {b.device}")
+        rows += _simam_shape_rows(b, shape, bandwidth, main=False, dtype=torch.bfloat16, channels_last=True)
     rows += _saved_bytes_rows(b, shapes[0])
     b.extra["simam"] = {"shapes": [list(s) for s in shapes], "dtype": "float32", "compile_available": simam_fused.compile_available(),
                         "native_available": simam_native.available(), "native_failure": simam_native.failure(),

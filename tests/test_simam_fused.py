@@ -192,12 +192,13 @@ def test_module_keeps_its_signature_and_state():
 
 
 def test_auto_choice():
-    """fp32 NCHW on the CPU: the C kernel (where it builds); bf16 and channels_last: Inductor."""
+    """fp32 / bf16, NCHW / channels_last on the CPU: the C kernel (where it builds); fp16: Inductor."""
     big = torch.empty(1, 1, 1, simam_fused.AUTO_COMPILE_MIN_NUMEL)
-    assert resolve_impl("auto", big) == ("native" if simam_native.available() else "compiled")
-    assert resolve_impl("auto", big.bfloat16()) == "compiled"
-    assert resolve_impl("auto", torch.empty(8, 16, 32, 32).contiguous(memory_format=torch.channels_last)) == "compiled"
-    assert resolve_impl("native", big.bfloat16()) == "compiled"  # where the C kernel does not apply
+    native = "native" if simam_native.available() else "compiled"
+    assert resolve_impl("auto", big) == resolve_impl("auto", big.bfloat16()) == native
+    assert resolve_impl("auto", torch.empty(8, 16, 32, 32).contiguous(memory_format=torch.channels_last)) == native
+    assert resolve_impl("auto", big.half()) == "compiled"
+    assert resolve_impl("native", big.half()) == "compiled"  # where the C kernel does not apply
     assert resolve_impl("auto", torch.empty(2, 3, 4, 4)) == "function"  # too small to repay compiling
     assert resolve_impl("auto", big.to("meta")) == "function"
     assert resolve_impl("reference", big) == "reference"
@@ -224,9 +225,9 @@ def test_environment_variable():
 
 def test_expected_calls_decide_whether_auto_compiles():
     """Few forward passes in the process (evaluation only, a few steps): "auto" runs the eager
-    Function; an explicit "compiled" still compiles. (bf16: fp32 NCHW gets the C kernel, whose
+    Function; an explicit "compiled" still compiles. (fp16: fp32 and bf16 get the C kernel, whose
     build takes under a second once per machine, whatever the count.)"""
-    big = torch.empty(1, 1, 1, simam_fused.AUTO_COMPILE_MIN_NUMEL, dtype=torch.bfloat16)
+    big = torch.empty(1, 1, 1, simam_fused.AUTO_COMPILE_MIN_NUMEL, dtype=torch.float16)
     try:
         simam_fused.set_expected_calls(simam_fused.AUTO_COMPILE_MIN_CALLS - 1)
         assert simam_fused.expected_calls() == simam_fused.AUTO_COMPILE_MIN_CALLS - 1

@@ -33,27 +33,65 @@ def fresh(monkeypatch, tmp_path):
 
 
 def native_and_reference(x: torch.Tensor, g: torch.Tensor, e_lambda: float = 1e-4):
-    xn = x.clone().requires_grad_()
+    """(y, dx) of the C kernel on x (its dtype and layout), and of the formula in float64 on the
+    same values, as float32."""
+    xn = x.clone(memory_format=torch.preserve_format).requires_grad_()
     yn = SimAMFunction.apply(xn, e_lambda, "native")
     yn.backward(g)
+    assert yn.dtype == x.dtype and yn.stride() == x.stride() and xn.grad.stride() == x.stride()
     xr = x.double().requires_grad_()
     yr = simam_reference(xr, e_lambda)
     yr.backward(g.double())
-    return yn.detach(), xn.grad, yr.detach().float(), xr.grad.float()
+    return yn.detach().float(), xn.grad.float(), yr.detach().float(), xr.grad.float()
+
+
+SHAPES = [((4, 16, 7, 7), 1e-4), ((2, 8, 14, 14), 1e-4), ((2, 4, 28, 28), 0.1), ((1, 2, 56, 56), 1e-4),
+          ((3, 5, 9, 11), 1e-4), ((4, 8, 1, 1), 1e-4), ((3, 5, 1, 7), 0.1), ((2, 3, 33, 1), 1e-4),
+          ((2, 70, 5, 6), 1e-4), ((2, 130, 3, 3), 0.1)]  # channel blocks of 64 with a remainder
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 @needs_native
-@pytest.mark.parametrize("shape, e_lambda", [
-    ((4, 16, 7, 7), 1e-4), ((2, 8, 14, 14), 1e-4), ((2, 4, 28, 28), 0.1), ((1, 2, 56, 56), 1e-4),
-    ((3, 5, 9, 11), 1e-4), ((4, 8, 1, 1), 1e-4), ((3, 5, 1, 7), 0.1), ((2, 3, 33, 1), 1e-4),
-])
-def test_output_and_gradient_match_the_formula_in_float64(shape, e_lambda):
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("shape, e_lambda", SHAPES)
+def test_float32_matches_the_formula_in_float64(shape, e_lambda, layout):
     torch.manual_seed(0)
-    x = torch.randn(*shape) * 3 + 1
-    g = torch.randn(*shape)
+    x = (torch.randn(*shape) * 3 + 1).contiguous(memory_format=LAYOUTS[layout])
+    g = torch.randn(*shape).contiguous(memory_format=LAYOUTS[layout])
     y, dx, y_ref, dx_ref = native_and_reference(x, g, e_lambda)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dx, dx_ref, rtol=1e-4, atol=1e-4 * dx_ref.abs().max().item())
+
+
+@needs_native
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("shape, e_lambda", SHAPES[:4] + SHAPES[8:])
+def test_bfloat16_matches_the_formula_to_bfloat16_rounding(shape, e_lambda, layout):
+    """bf16 in and out, float32 inside: the outputs are the float64 formula's values of the same bf16
+    inputs, rounded once to bf16 (relative error 2**-8), plus float32 noise."""
+    torch.manual_seed(0)
+    x = (torch.randn(*shape) * 3 + 1).bfloat16().contiguous(memory_format=LAYOUTS[layout])
+    g = torch.randn(*shape).bfloat16().contiguous(memory_format=LAYOUTS[layout])
+    y, dx, y_ref, dx_ref = native_and_reference(x, g, e_lambda)
+    torch.testing.assert_close(y, y_ref, rtol=2.0**-8, atol=1e-3)
+    torch.testing.assert_close(dx, dx_ref, rtol=2.0**-7, atol=2.0**-7 * dx_ref.abs().max().item())
+    assert torch.equal(y.bfloat16().float(), y)  # representable: rounded, not truncated somewhere else
+
+
+@needs_native
+def test_bfloat16_rounds_to_nearest_even_as_torch_does():
+    """A bf16 output is torch's rounding of the kernel's float32 value: compare against the float32
+    kernel on the same (bf16-representable) inputs, rounded by torch. (The two kernels may sum in
+    another order, so a value next to a rounding boundary may land one bf16 step away.)"""
+    torch.manual_seed(0)
+    x = (torch.randn(8, 64, 14, 14) * 3).bfloat16()
+    x[0, 0, 0, 0] = float("nan")
+    y16 = SimAMFunction.apply(x, 1e-4, "native")
+    y32 = SimAMFunction.apply(x.float(), 1e-4, "native").bfloat16()
+    assert torch.isnan(y16[0, 0]).all() and torch.isnan(y32[0, 0]).all()
+    y16, y32 = y16[1:].float(), y32[1:].float()
+    assert (y16 == y32).float().mean() > 0.999
+    assert ((y16 - y32).abs() <= y32.abs() * 2.0**-7 + 1e-30).all()
 
 
 @needs_native
@@ -74,15 +112,18 @@ def test_constant_channel_large_offset_and_nan():
 
 
 @needs_native
-def test_same_bits_whatever_the_thread_count():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_same_bits_whatever_the_thread_count(layout, dtype):
     torch.manual_seed(0)
-    x, g = torch.randn(8, 32, 14, 14), torch.randn(8, 32, 14, 14)
+    x = torch.randn(8, 96, 14, 14).to(dtype).contiguous(memory_format=LAYOUTS[layout])
+    g = torch.randn(8, 96, 14, 14).to(dtype).contiguous(memory_format=LAYOUTS[layout])
     before = torch.get_num_threads()
     results = []
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            xx = x.clone().requires_grad_()
+            xx = x.clone(memory_format=torch.preserve_format).requires_grad_()
             SimAMFunction.apply(xx, 1e-4, "native").backward(g)
             results.append((SimAMFunction.apply(x, 1e-4, "native"), xx.grad))
     finally:
@@ -94,9 +135,11 @@ def test_same_bits_whatever_the_thread_count():
 def test_which_inputs_it_takes():
     x = torch.randn(2, 3, 4, 4)
     assert simam_native.applies(x) is True
-    assert not simam_native.applies(x.bfloat16())
+    assert simam_native.applies(x.bfloat16())
+    assert simam_native.applies(torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last))
     assert not simam_native.applies(x.double())
-    assert not simam_native.applies(torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last))
+    assert not simam_native.applies(x.half())
+    assert not simam_native.applies(x.permute(0, 1, 3, 2))  # neither NCHW nor channels_last
     assert not simam_native.applies(x[:, :, :, :2])  # a strided view
     assert not simam_native.applies(x.to("meta"))
     assert not simam_native.applies(torch.empty(0, 3, 4, 4))

@@ -25,11 +25,12 @@ Implementations (`SimAM(impl=...)`, or globally with the environment variable SI
   pass. Compiling takes seconds on first use per dtype / memory format (shapes are dynamic).
   If torch.compile is unavailable or fails (no C compiler, unsupported platform, dynamo
   errors), it warns once and uses "function" from then on: training never stops for it.
-- "native": the same Function with the C/OpenMP kernels of `simam_native` (float32 NCHW on the
-  CPU; built in under a second once per machine and cached); elsewhere it runs as "compiled".
+- "native": the same Function with the C/OpenMP kernels of `simam_native` (float32 or bfloat16,
+  contiguous or channels_last, on the CPU; built in under a second once per machine and cached);
+  elsewhere it runs as "compiled".
   Faster than Inductor's kernels at every ResNet-50 SimAM shape on the 2-core CPU (benchmark
   section simam), and no compiling per process.
-- "auto" (default): "native" where it applies (float32 NCHW CPU inputs of at least
+- "auto" (default): "native" where it applies (float32 / bfloat16 CPU inputs of at least
   AUTO_COMPILE_MIN_NUMEL elements, whatever `set_expected_calls` says); else
   "compiled" on CPU and CUDA for inputs of at least AUTO_COMPILE_MIN_NUMEL
   elements; "function" for smaller ones (there compiling saves a fraction of a millisecond per
@@ -462,7 +463,7 @@ def simam_compiled(x: torch.Tensor, e_lambda: float = 1e-4) -> torch.Tensor:
 
 def simam_native_kernel(x: torch.Tensor, e_lambda: float = 1e-4) -> torch.Tensor:
     """SimAM through `SimAMFunction` with the C/OpenMP kernel of `simam_native` where it applies
-    (float32 NCHW on the CPU, kernel available), else as `simam_compiled`."""
+    (float32 or bfloat16, NCHW or channels_last, on the CPU; kernel available), else as `simam_compiled`."""
     _check_input(x)
     if simam_native.applies(x) and simam_native.available():
         return SimAMFunction.apply(x, float(e_lambda), "native")
@@ -499,8 +500,8 @@ def resolve_impl(impl: str, x: torch.Tensor) -> str:
     """The implementation that runs for `impl` ("auto", ...) on this input, after the global
     override: "reference" while exporting, "function" inside torch.compile (traced by dynamo),
     on devices other than CPU/CUDA and once compiling has failed. "auto" runs "native" (the C
-    kernel, built in under a second once per machine) where it applies: float32 NCHW CPU inputs
-    of at least AUTO_COMPILE_MIN_NUMEL elements; else "compiled" for such inputs, and "function"
+    kernel, built in under a second once per machine) where it applies: float32 / bfloat16 CPU
+    inputs of at least AUTO_COMPILE_MIN_NUMEL elements; else "compiled" for such inputs, and "function"
     for small inputs and when `set_expected_calls` said that compiling would not pay. "native"
     where the C kernel does not apply (another dtype, layout or device; no compiler) runs as
     "compiled"."""

@@ -1,4 +1,5 @@
-"""SimAM's forward and backward as a small C/OpenMP kernel for float32 NCHW tensors on the CPU.
+"""SimAM's forward and backward as a small C/OpenMP kernel for CPU tensors: float32 or bfloat16,
+contiguous (NCHW) or channels_last.
 
 Why: at ResNet-50's later stage shapes (28x28, 14x14, 7x7 maps) Inductor's generated loops cost
 more per element than this kernel, and compiling them takes ~3 s (warm cache) to ~20 s (cold) per
@@ -14,8 +15,9 @@ OpenMP runtime found, a failing build or self-check) makes `available()` False w
 `failure()`, logged once; callers then use the Inductor or eager kernels. SIMAM_NATIVE=0 in the
 environment turns it off.
 
-The kernel gives the same numbers whatever the thread count (each row is summed by one thread in a
-fixed order); they may differ from the Inductor and eager kernels in the last bits.
+The kernel gives the same numbers whatever the thread count (each row, or block of channels, is
+summed by one thread in a fixed order); they may differ from the Inductor and eager kernels in the
+last bits (bfloat16 outputs: by one unit of bfloat16 rounding where the float32 values differ).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -49,10 +51,19 @@ def _enabled() -> bool:
     return os.environ.get(ENV_VAR, "").strip() != "0"
 
 
+_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """True for a channels_last tensor that is not also contiguous (NCHW is preferred when both)."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def applies(x: torch.Tensor) -> bool:
-    """True when the kernel handles x: float32, CPU, contiguous NCHW, 4-d, not empty, on Linux."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.numel() > 0
-            and x.is_contiguous() and sys.platform.startswith("linux") and _enabled())
+    """True when the kernel handles x: a 4-d, non-empty CPU tensor of float32 or bfloat16, contiguous
+    or channels_last, on Linux (and SIMAM_NATIVE is not 0)."""
+    return (x.device.type == "cpu" and x.dtype in _DTYPES and x.dim() == 4 and x.numel() > 0
+            and (x.is_contiguous() or _channels_last(x)) and sys.platform.startswith("linux") and _enabled())
 
 
 def _openmp_runtime() -> Optional[str]:
@@ -118,30 +129,37 @@ def _build(cc: str, runtime: str, target: Path) -> None:
 
 def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.simam_forward_f32.argtypes = [p, p, p, p, i64, i64, ctypes.c_float, ctypes.c_int]
-    lib.simam_forward_f32.restype = None
-    lib.simam_backward_f32.argtypes = [p, p, p, p, p, i64, i64, ctypes.c_int]
-    lib.simam_backward_f32.restype = None
+    p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+    for dtype in _DTYPES.values():
+        for name, args in ((f"simam_forward_{dtype}", [p, p, p, p, i64, i64, f32, i32]),
+                           (f"simam_backward_{dtype}", [p, p, p, p, p, i64, i64, i32]),
+                           (f"simam_forward_nhwc_{dtype}", [p, p, p, p, i64, i64, i64, f32, i32]),
+                           (f"simam_backward_nhwc_{dtype}", [p, p, p, p, p, i64, i64, i64, i32])):
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = args, None
     return lib
 
 
 def _self_check(lib: ctypes.CDLL) -> None:
-    """The kernel against the eager formulas on a small input (odd sizes, a 1x1 map, a constant row)."""
+    """The kernel against the eager formulas on small inputs (odd sizes, a 1x1 map, a constant
+    channel) in every dtype and layout it takes."""
     from .simam_fused import _backward_eager, _forward_eager
 
     gen = torch.Generator().manual_seed(0)
-    for shape in ((2, 3, 5, 7), (2, 3, 1, 1), (1, 2, 17, 19)):
-        x = torch.randn(shape, generator=gen) * 3 + 1
-        x[0, 0] = 0.5
-        g = torch.randn(shape, generator=gen)
-        y, mu, k = _run_forward(lib, x, 1e-4)
-        ye, mue, ke = _forward_eager(x, 1e-4)
-        dx, dxe = _run_backward(lib, x, g, mu, k), _backward_eager(x, g, mue, ke)
-        for name, got, want in (("y", y, ye), ("mu", mu, mue), ("k", k, ke), ("dx", dx, dxe)):
-            if not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
-                raise RuntimeError(f"self-check failed: {name} differs from the eager kernel by "
-                                   f"{(got - want).abs().max().item():.3g} at shape {shape}")
+    for shape in ((2, 3, 5, 7), (2, 3, 1, 1), (1, 70, 6, 5)):
+        for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                x = (torch.randn(shape, generator=gen) * 3 + 1).to(dtype).contiguous(memory_format=fmt)
+                x[0, 0] = 0.5
+                g = torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=fmt)
+                y, mu, k = _run_forward(lib, x, 1e-4)
+                ye, mue, ke = _forward_eager(x, 1e-4)
+                dx, dxe = _run_backward(lib, x, g, mu, k), _backward_eager(x, g, mue, ke)
+                for name, got, want in (("y", y, ye), ("mu", mu, mue), ("k", k, ke), ("dx", dx, dxe)):
+                    scale = want.float().abs().max().item()
+                    if not torch.allclose(got.float(), want.float(), rtol=tol, atol=tol * max(scale, 1e-3)):
+                        raise RuntimeError(f"self-check failed: {name} differs from the eager kernel by "
+                                           f"{(got.float() - want.float()).abs().max().item():.3g} at shape {shape}, {dtype}, {fmt}")
 
 
 def _setup() -> ctypes.CDLL:
@@ -201,22 +219,28 @@ def reset() -> None:
         _state.clear()
 
 
-def _run_forward(lib: ctypes.CDLL, x: torch.Tensor, e_lambda: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _kernel(lib: ctypes.CDLL, which: str, x: torch.Tensor) -> tuple[Callable, tuple[int, ...], torch.memory_format]:
+    """The C function for x's dtype and layout, its size arguments and the layout of its outputs."""
     b, c, h, w = x.shape
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    mu, k = x.new_empty(b, c, 1, 1), x.new_empty(b, c, 1, 1)
-    lib.simam_forward_f32(x.data_ptr(), y.data_ptr(), mu.data_ptr(), k.data_ptr(), b * c, h * w,
-                          float(e_lambda), torch.get_num_threads())
+    if _channels_last(x):
+        return getattr(lib, f"simam_{which}_nhwc_{_DTYPES[x.dtype]}"), (b, c, h * w), torch.channels_last
+    return getattr(lib, f"simam_{which}_{_DTYPES[x.dtype]}"), (b * c, h * w), torch.contiguous_format
+
+
+def _run_forward(lib: ctypes.CDLL, x: torch.Tensor, e_lambda: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    fn, sizes, layout = _kernel(lib, "forward", x)
+    y = torch.empty_like(x, memory_format=layout)
+    mu, k = (torch.empty(x.shape[0], x.shape[1], 1, 1, dtype=torch.float32) for _ in range(2))
+    fn(x.data_ptr(), y.data_ptr(), mu.data_ptr(), k.data_ptr(), *sizes, float(e_lambda), torch.get_num_threads())
     return y, mu, k
 
 
 def _run_backward(lib: ctypes.CDLL, x: torch.Tensor, g: torch.Tensor, mu: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    b, c, h, w = x.shape
-    g = g.to(torch.float32).contiguous()
-    mu, k = mu.contiguous(), k.contiguous()
-    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    lib.simam_backward_f32(x.data_ptr(), g.data_ptr(), mu.data_ptr(), k.data_ptr(), dx.data_ptr(), b * c, h * w,
-                           torch.get_num_threads())
+    fn, sizes, layout = _kernel(lib, "backward", x)
+    g = g.to(x.dtype).contiguous(memory_format=layout)
+    mu, k = mu.float().contiguous(), k.float().contiguous()
+    dx = torch.empty_like(x, memory_format=layout)
+    fn(x.data_ptr(), g.data_ptr(), mu.data_ptr(), k.data_ptr(), dx.data_ptr(), *sizes, torch.get_num_threads())
     return dx
 
 
